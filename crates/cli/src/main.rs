@@ -1,0 +1,2 @@
+//! The `vmrig` command line (work in progress).
+fn main() {}

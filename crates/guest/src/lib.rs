@@ -1,0 +1,1 @@
+//! vmrig's guest kit (work in progress).
