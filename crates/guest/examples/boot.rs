@@ -5,7 +5,8 @@
 //! cargo run -p vmrig-guest --example boot -- OUT NODE [COMMAND ...]
 //! ```
 //! OUT is the output directory of `vmrig guest build`. Prints each command's
-//! output and status; exits 1 if any command fails.
+//! output and status; exits 1 if any command fails. With `BOOT_ECHO=1` the
+//! serial console is echoed to stderr with timestamps.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,7 @@ fn run(out: PathBuf, node: &str, commands: &[String]) -> Result<bool, Box<dyn st
             .iter()
             .map(|(v, s)| (*v, s.dir().to_owned()))
             .collect(),
+        echo_console: std::env::var_os("BOOT_ECHO").is_some(),
         ..Default::default()
     };
     let script = out.join("bin").join(format!("run-{node}-vm"));

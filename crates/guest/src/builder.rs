@@ -1,7 +1,7 @@
 //! `vmrig guest build`: definition in, start scripts and cached guests out.
 //!
 //! Cache layout (default `$XDG_CACHE_HOME/vmrig` or `~/.cache/vmrig`):
-//! `kernels/<hash>` (the bzImage), `base/<hash>.cpio` (shared by every node),
+//! `boot-kernels/<hash>/{vmlinux,bzImage}` (the kernel booted), `base/<hash>.cpio` (shared by every node),
 //! `guests/<hash>/initrd` (base + node archive) and `accel/<hash>` (the result
 //! of a KVM probe). Every hash covers the bytes of every input and the vmrig
 //! version; entries are written to a temporary name and renamed, so concurrent
@@ -141,13 +141,11 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
     }
 
     let kernel_key = hash_file(&base.kernel.image)?;
-    let kernel_path = cache.join("kernels").join(&kernel_key[..32]);
-    if !kernel_path.is_file() {
-        all_cached = false;
-        write_atomic(&kernel_path, |f| {
-            std::io::copy(&mut std::fs::File::open(&base.kernel.image)?, f).map(drop)
-        })?;
-    }
+    let (kernel_path, kernel_cached) = boot_kernel(
+        &cache.join("boot-kernels").join(&kernel_key[..32]),
+        &base.kernel.image,
+    )?;
+    all_cached &= kernel_cached;
 
     let (accel, accel_reason) = resolve_accel(opts, &base, &kernel_key)?;
 
@@ -431,29 +429,81 @@ fn relink(link: &Path, target: &Path) -> Result<()> {
         .context(|| format!("cannot link {} to {}", link.display(), target.display()))
 }
 
-/// Plain bytes of a possibly compressed kernel module, through the host's
-/// `xz`, `zstd` or `gzip`.
-fn decompress_module(path: &Path) -> std::io::Result<Vec<u8>> {
-    let s = path.to_string_lossy();
-    let tool = if s.ends_with(".xz") {
-        "xz"
-    } else if s.ends_with(".zst") {
-        "zstd"
-    } else if s.ends_with(".gz") {
-        "gzip"
-    } else {
-        return std::fs::read(path);
+/// The kernel file start scripts boot, cached in `dir`: the uncompressed ELF
+/// `vmlinux` when the kernel can boot through PVH (QEMU then loads it directly;
+/// under TCG that saves the seconds a bzImage spends decompressing itself),
+/// else the bzImage as it is. Returns the path and whether it was cached.
+fn boot_kernel(dir: &Path, image: &Path) -> Result<(PathBuf, bool)> {
+    let (vmlinux, bzimage) = (dir.join("vmlinux"), dir.join("bzImage"));
+    for p in [&vmlinux, &bzimage] {
+        if p.is_file() {
+            return Ok((p.clone(), true));
+        }
+    }
+    let bytes =
+        std::fs::read(image).context(|| format!("cannot read kernel {}", image.display()))?;
+    let elf = crate::kernel::bzimage_payload(&bytes).and_then(|(tool, payload)| {
+        // The payload ends with the 4-byte decompressed size; try without it first.
+        let exact = &payload[..payload.len().saturating_sub(4)];
+        decompress(tool, exact)
+            .or_else(|_| decompress(tool, payload))
+            .ok()
+    });
+    match elf {
+        Some(elf) if crate::kernel::has_pvh_note(&elf) => {
+            write_atomic(&vmlinux, |f| f.write_all(&elf))?;
+            Ok((vmlinux, false))
+        }
+        _ => {
+            tracing::info!(
+                "{}: no PVH-bootable payload, booting the bzImage",
+                image.display()
+            );
+            write_atomic(&bzimage, |f| f.write_all(&bytes))?;
+            Ok((bzimage, false))
+        }
+    }
+}
+
+/// Decompresses `data` with a host tool (`xz`, `gzip`, `zstd`, `lzma`).
+fn decompress(tool: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (program, args): (&str, &[&str]) = match tool {
+        "lzma" => ("xz", &["--format=lzma", "-dc"]),
+        "xz" => ("xz", &["--single-stream", "-dc"]),
+        other => (other, &["-dc"]),
     };
-    let out = Command::new(tool)
-        .args(["-d", "-c"])
-        .arg(path)
-        .output()
-        .map_err(|e| std::io::Error::other(format!("{tool} (needed to decompress {s}): {e}")))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::other(format!("cannot run {program}: {e}")))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
-            "{tool} -d {s}: {}",
+            "{program} {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(out.stdout)
+}
+
+/// Plain bytes of a possibly compressed kernel module (busybox's insmod loads
+/// only plain ones).
+fn decompress_module(path: &Path) -> std::io::Result<Vec<u8>> {
+    let s = path.to_string_lossy();
+    let bytes = std::fs::read(path)?;
+    for (suffix, tool) in [(".xz", "xz"), (".zst", "zstd"), (".gz", "gzip")] {
+        if s.ends_with(suffix) {
+            return decompress(tool, &bytes)
+                .map_err(|e| std::io::Error::other(format!("{s}: {e}")));
+        }
+    }
+    Ok(bytes)
 }

@@ -157,14 +157,14 @@ impl Guest {
         .flatten()
         {
             let console = Arc::clone(&console);
-            let (echo, prefix) = (opts.echo_console, name.clone());
+            let (echo, prefix, started) = (opts.echo_console, name.clone(), Instant::now());
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
                     let line = String::from_utf8_lossy(&line)
                         .trim_end_matches('\r')
                         .to_owned();
                     if echo {
-                        eprintln!("{prefix} # {line}");
+                        eprintln!("{prefix} [{:7.3}] {line}", started.elapsed().as_secs_f64());
                     }
                     let mut c = console.lock().expect("console lock");
                     if c.len() == CONSOLE_LINES {

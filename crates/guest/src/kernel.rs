@@ -134,6 +134,81 @@ pub fn bzimage_release(image: &[u8]) -> Option<String> {
     (!release.is_empty()).then(|| release.to_owned())
 }
 
+/// The compressed payload of an x86 bzImage (boot protocol 2.08+:
+/// `payload_offset` at 0x248 and `payload_length` at 0x24c, relative to the
+/// protected-mode code after the setup sectors), with the name of the host
+/// tool that decompresses it.
+pub fn bzimage_payload(image: &[u8]) -> Option<(&'static str, &[u8])> {
+    if image.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let setup_sects = match *image.get(0x1f1)? {
+        0 => 4,
+        n => n as usize,
+    };
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(image.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let start = (setup_sects + 1) * 512 + word(0x248)?;
+    let payload = image.get(start..start.checked_add(word(0x24c)?)?)?;
+    let tool = match payload {
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => "xz",
+        [0x1f, 0x8b, ..] => "gzip",
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => "zstd",
+        [0x5d, 0, 0, ..] => "lzma",
+        _ => return None,
+    };
+    Some((tool, payload))
+}
+
+/// Whether an ELF kernel has the Xen PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`),
+/// which QEMU needs to boot it directly.
+pub fn has_pvh_note(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+    };
+    // 64-bit little-endian ELF only (x86_64 kernels).
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph) != Some(4) {
+            continue; // not PT_NOTE
+        }
+        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 32)) else {
+            continue;
+        };
+        let mut at = off;
+        while at + 12 <= off + size {
+            let (Some(namesz), Some(descsz), Some(kind)) =
+                (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+            else {
+                break;
+            };
+            let name = elf.get(at + 12..at + 12 + namesz).unwrap_or_default();
+            if name == b"Xen\0" && kind == 18 {
+                return true;
+            }
+            at += 12 + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
+        }
+    }
+    false
+}
+
 /// A parsed `modules.dep` (+ `modules.builtin`).
 #[derive(Debug, Default, Clone)]
 pub struct ModuleDeps {
@@ -281,6 +356,26 @@ kernel/net/core/failover.ko:
         img[0x500..0x520].copy_from_slice(b"6.1.0-56-amd64 (debian@x) #1 SMP");
         assert_eq!(bzimage_release(&img).as_deref(), Some("6.1.0-56-amd64"));
         assert_eq!(bzimage_release(&[0; 10]), None);
+    }
+
+    #[test]
+    fn payload_and_pvh_note() {
+        let mut img = vec![0u8; 0x2000];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x1f1] = 1;
+        img[0x248..0x24c].copy_from_slice(&16u32.to_le_bytes());
+        img[0x24c..0x250].copy_from_slice(&8u32.to_le_bytes());
+        img[0x410..0x416].copy_from_slice(b"\xfd7zXZ\0");
+        let (tool, payload) = bzimage_payload(&img).unwrap();
+        assert_eq!((tool, payload.len()), ("xz", 8));
+        img[0x248..0x24c].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            bzimage_payload(&img),
+            None,
+            "out-of-range offsets are refused"
+        );
+        assert!(!has_pvh_note(b"\x7fELF\x02\x01"));
+        assert!(!has_pvh_note(&img));
     }
 
     #[test]

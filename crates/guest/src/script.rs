@@ -86,7 +86,7 @@ if [ "$accel" = kvm ]; then cpu=(-cpu max); fi
 # shellcheck disable=SC2086 # QEMU_OPTS is split into words on purpose, as in NixOS
 exec "${{VMRIG_QEMU:-qemu-system-x86_64}}" \
     -name {name} -m {memory} -smp {cores} -accel "$accel" "${{cpu[@]}}" \
-    -net nic,netdev=user.0,model=virtio -netdev "user,id=user.0${{QEMU_NET_OPTS:+,$QEMU_NET_OPTS}}" \
+    -device virtio-net-pci,netdev=user.0,romfile= -netdev "user,id=user.0${{QEMU_NET_OPTS:+,$QEMU_NET_OPTS}}" \
 "#,
         accel = accel.as_str(),
         memory = node.memory,
@@ -95,7 +95,7 @@ exec "${{VMRIG_QEMU:-qemu-system-x86_64}}" \
     for v in &node.vlans {
         let _ = writeln!(
             s,
-            "    -device virtio-net-pci,netdev=vlan{id},mac={mac} -netdev vde,id=vlan{id},sock=\"$QEMU_VDE_SOCKET_{id}\" \\",
+            "    -device virtio-net-pci,netdev=vlan{id},mac={mac},romfile= -netdev vde,id=vlan{id},sock=\"$QEMU_VDE_SOCKET_{id}\" \\",
             id = v.id,
             mac = v.mac(node.index),
         );
@@ -232,19 +232,19 @@ mod tests {
         );
         assert!(has(&[
             "-device",
-            "virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:02",
+            "virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:02,romfile=",
             "-netdev",
             "vde,id=vlan1,sock=/sw/one"
         ]));
         assert!(has(&[
             "-device",
-            "virtio-net-pci,netdev=vlan3,mac=52:54:00:12:03:02",
+            "virtio-net-pci,netdev=vlan3,mac=52:54:00:12:03:02,romfile=",
             "-netdev",
             "vde,id=vlan3,sock=/sw/three"
         ]));
         let user_nic = args
             .iter()
-            .position(|a| a.starts_with("nic,netdev=user.0"))
+            .position(|a| a.starts_with("virtio-net-pci,netdev=user.0"))
             .unwrap();
         let vlan_nic = args
             .iter()
