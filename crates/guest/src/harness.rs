@@ -100,7 +100,10 @@ impl Guest {
         let monitor = bind(dir.join("monitor"))?;
         let shell = bind(dir.join("shell"))?;
 
-        let mut cmd = Command::new(script);
+        // The script runs in the state directory: a relative path would not resolve there.
+        let script = std::fs::canonicalize(script)
+            .map_err(|e| fail(format!("cannot find {}: {e}", script.display()), &no_console))?;
+        let mut cmd = Command::new(&script);
         cmd.arg("-qmp")
             .arg(format!(
                 "unix:{},server=on,wait=off",

@@ -199,14 +199,14 @@ PS1="" exec /usr/bin/env bash --norc /dev/hvc0
 "#;
 
 const PROFILE: &str = r#"export PATH=/bin
-if [ -d "/etc/profiles/per-uid/$(id -u)/bin" ]; then PATH="/etc/profiles/per-uid/$(id -u)/bin:$PATH"; fi
+if [ -d "/etc/profiles/per-user/$(id -un)/bin" ]; then PATH="/etc/profiles/per-user/$(id -un)/bin:$PATH"; fi
 "#;
 
 /// Login shell of normal users: puts their per-user packages on PATH (like
 /// NixOS's /etc/profiles/per-user) also for `su USER -c CMD`, which keeps the
 /// caller's environment.
 const USER_SHELL: &str = r#"#!/bin/bash
-d=/etc/profiles/per-uid/$EUID/bin
+d=/etc/profiles/per-user/$(id -un)/bin
 if [[ -d $d && :$PATH: != *:$d:* ]]; then PATH=$d:${PATH:-/bin}; fi
 exec /bin/bash "$@"
 "#;
@@ -268,10 +268,6 @@ pub fn node_archive(
             for (name, program) in progs {
                 add_program(&mut a, &format!("{dir}/{name}"), program);
             }
-            a.symlink(
-                &format!("/etc/profiles/per-uid/{}", user.uid),
-                &format!("../per-user/{uname}"),
-            );
         }
     }
     let mut group = String::new();

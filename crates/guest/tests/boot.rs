@@ -134,7 +134,8 @@ fn hello_has_users_tools_and_powers_off() {
     m.wait_for_backdoor(BOOT).unwrap_or_else(|e| panic!("{e}"));
 
     // The tutorial's per-user package check.
-    m.succeed("su -- alice -c 'which jq'", CMD).unwrap();
+    let which = m.succeed("su -- alice -c 'which jq'", CMD).unwrap();
+    assert_eq!(which, "/etc/profiles/per-user/alice/bin/jq\n");
     let (status, _) = m.run("su -- root -c 'which jq'", CMD).unwrap();
     assert_ne!(status, 0, "jq must be on alice's PATH only");
     assert_eq!(
