@@ -49,7 +49,10 @@ fn main() {
         times.push(took);
         drop(guest);
     }
-    println!("{:<44} {:>8} {:>8} {:>8} {:>8}", "guest kit (examples/hello, TCG)", "min", "median", "p90", "max");
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8}",
+        "guest kit (examples/hello, TCG)", "min", "median", "p90", "max"
+    );
     row("cached `vmrig guest build` (ms)", &mut cached, 1e3);
     row("start script -> backdoor magic line (s)", &mut times, 1.0);
 }

@@ -158,12 +158,12 @@ pub fn probe_kvm(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY-free kill of the whole group: QEMU may have helper threads/processes.
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{}", child.id())])
-        .status();
-    let _ = child.kill();
-    let status = child.wait();
+    crate::process::kill_group(&mut child);
+    let status = match child.try_wait() {
+        Ok(Some(s)) => s.to_string(),
+        Ok(None) => "still running".to_owned(),
+        Err(e) => e.to_string(),
+    };
     if seen {
         return Probe {
             accel: Accel::Kvm,
@@ -184,7 +184,7 @@ pub fn probe_kvm(
         )
     } else {
         format!(
-            "QEMU could not boot under KVM ({status:?}): {}",
+            "QEMU could not boot under KVM ({status}): {}",
             stderr.trim()
         )
     };

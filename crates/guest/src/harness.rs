@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use crate::process::kill_group;
+
 /// What went wrong with a guest; every message carries the machine and the
 /// last console lines.
 #[derive(Debug, thiserror::Error)]
@@ -101,8 +103,12 @@ impl Guest {
         let shell = bind(dir.join("shell"))?;
 
         // The script runs in the state directory: a relative path would not resolve there.
-        let script = std::fs::canonicalize(script)
-            .map_err(|e| fail(format!("cannot find {}: {e}", script.display()), &no_console))?;
+        let script = std::fs::canonicalize(script).map_err(|e| {
+            fail(
+                format!("cannot find {}: {e}", script.display()),
+                &no_console,
+            )
+        })?;
         let mut cmd = Command::new(&script);
         cmd.arg("-qmp")
             .arg(format!(
@@ -383,20 +389,6 @@ fn tail(console: &Arc<Mutex<VecDeque<String>>>) -> String {
         .map(|c| c.iter().cloned().collect::<Vec<_>>())
         .unwrap_or_default();
     c.join("\n")
-}
-
-/// Kills a child's whole process group (QEMU started through a script) and reaps it.
-pub fn kill_group(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) has no memory effects; a negative pid names the group
-        // the child leads (spawned with process_group(0)).
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A vde2 `vde_switch` (hub mode) for tests, started as the NixOS driver starts

@@ -51,6 +51,7 @@ pub mod harness;
 pub mod host;
 pub mod image;
 pub mod kernel;
+pub mod process;
 pub mod script;
 
 pub use accel::{Accel, AccelChoice};

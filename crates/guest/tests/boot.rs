@@ -229,3 +229,38 @@ fn missing_package_names_file_node_and_field() {
         "{err}"
     );
 }
+
+#[test]
+fn accel_auto_never_hangs_and_only_picks_kvm_that_boots() {
+    // The probe is bounded: whatever /dev/kvm does here (missing, broken,
+    // hanging, working), the build finishes, and a KVM answer means a real boot.
+    let out = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let opts = BuildOptions {
+        cache_dir: cache.path().to_owned(),
+        accel: AccelChoice::Auto,
+        ..Default::default()
+    };
+    let built = build(&repo().join("examples/hello/vmrig.toml"), out.path(), &opts).unwrap();
+    assert!(!built.accel_reason.is_empty());
+    let script = std::fs::read_to_string(&built.nodes[0].start_script).unwrap();
+    assert!(script.contains(&format!("accel=${{VMRIG_ACCEL:-{}}}", built.accel.as_str())));
+    // The answer is cached with its reason.
+    let again = build(&repo().join("examples/hello/vmrig.toml"), out.path(), &opts).unwrap();
+    assert_eq!(again.accel, built.accel);
+    assert!(
+        again.accel_reason.ends_with("(cached probe)"),
+        "{}",
+        again.accel_reason
+    );
+    if built.accel == vmrig_guest::Accel::Kvm {
+        let switch_dir = tempfile::tempdir().unwrap();
+        let switch = Vde2Switch::start(&switch_dir.path().join("vde1.ctl")).unwrap();
+        let start = StartOptions {
+            vde_sockets: vec![(1, switch.dir().to_owned())],
+            ..Default::default()
+        };
+        let mut m = Guest::start(&built.nodes[0].start_script, &start).unwrap();
+        m.wait_for_backdoor(BOOT).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
