@@ -223,7 +223,9 @@ impl Client {
             match UnixStream::connect(&path).await {
                 Ok(stream) => break stream,
                 // QEMU has not created or started listening on the socket yet.
-                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) =>
+                {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(source) => return Err(Error::Connect { path, source }),
@@ -318,7 +320,8 @@ impl Client {
     /// Runs any command by name with JSON `arguments` (an object, or `Value::Null`
     /// for none) and returns QEMU's raw `return` value.
     pub async fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
-        self.execute_value(name, &Execute::new(name, arguments)).await
+        self.execute_value(name, &Execute::new(name, arguments))
+            .await
     }
 
     /// Like [`execute`](Self::execute) with a bound on the wait for the answer.
@@ -437,7 +440,12 @@ impl Client {
     }
 }
 
-async fn read_loop(shared: Arc<Shared>, mut read: OwnedReadHalf, mut codec: Codec, mut buf: BytesMut) {
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut read: OwnedReadHalf,
+    mut codec: Codec,
+    mut buf: BytesMut,
+) {
     loop {
         loop {
             match codec.decode(&mut buf) {

@@ -98,10 +98,7 @@ impl Codec {
         loop {
             if !self.discarding && self.scan.pos == 0 {
                 // Between messages: skip whitespace, reject anything but `{`.
-                let ws = buf
-                    .iter()
-                    .take_while(|b| b.is_ascii_whitespace())
-                    .count();
+                let ws = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
                 buf.advance(ws);
                 let Some(&first) = buf.first() else {
                     return Ok(None);
@@ -255,7 +252,10 @@ impl Codec {
 
 /// Bytes before the next `"` or `\` in a string body.
 fn memchr_string_end(rest: &[u8]) -> Option<usize> {
-    let n = rest.iter().position(|&b| b == b'"' || b == b'\\').unwrap_or(rest.len());
+    let n = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .unwrap_or(rest.len());
     (n > 0).then_some(n)
 }
 
@@ -290,7 +290,9 @@ mod tests {
         );
         let got = decode_all(&mut c, &mut buf);
         assert_eq!(got.len(), 2);
-        let Ok(Message::Response(r)) = &got[1] else { panic!("{got:?}") };
+        let Ok(Message::Response(r)) = &got[1] else {
+            panic!("{got:?}")
+        };
         assert_eq!(r.outcome, Ok(json!("a}\"{")));
         assert_eq!(&buf[..], b"{\"ret");
     }
@@ -315,8 +317,12 @@ mod tests {
     #[test]
     fn pretty_printed_messages_frame_by_structure() {
         let mut c = Codec::new();
-        let mut buf = BytesMut::from(&b"{\n  \"return\": {\n    \"x\": 1\n  },\n  \"id\": 4\n}\n"[..]);
-        assert!(matches!(c.decode(&mut buf).unwrap(), Some(Message::Response(_))));
+        let mut buf =
+            BytesMut::from(&b"{\n  \"return\": {\n    \"x\": 1\n  },\n  \"id\": 4\n}\n"[..]);
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Message::Response(_))
+        ));
         assert_eq!(c.decode(&mut buf).unwrap(), None);
         assert!(buf.is_empty());
     }
@@ -326,8 +332,20 @@ mod tests {
         let mut c = Codec::new();
         let mut buf = BytesMut::from(&b"garbage\r\n{\"return\": 1}"[..]);
         let err = c.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, Error::UnexpectedBytes { first: b'g', skipped: 9 }), "{err}");
-        assert!(matches!(c.decode(&mut buf).unwrap(), Some(Message::Response(_))));
+        assert!(
+            matches!(
+                err,
+                Error::UnexpectedBytes {
+                    first: b'g',
+                    skipped: 9
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Message::Response(_))
+        ));
     }
 
     #[test]
@@ -335,7 +353,10 @@ mod tests {
         let mut c = Codec::new();
         let mut buf = BytesMut::from(&b"{\"return\": tru}\r\n{\"x\": 1}{\"return\": 2}"[..]);
         assert!(matches!(c.decode(&mut buf), Err(Error::InvalidJson { .. })));
-        assert!(matches!(c.decode(&mut buf), Err(Error::UnknownShape { .. })));
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(Error::UnknownShape { .. })
+        ));
         assert!(matches!(c.decode(&mut buf), Ok(Some(Message::Response(_)))));
     }
 
@@ -343,7 +364,10 @@ mod tests {
     fn oversized_message_in_one_chunk() {
         let mut c = Codec::with_max_message_size(16);
         let mut buf = BytesMut::from(&b"{\"return\": \"0123456789abcdef\"}{\"return\": 1}"[..]);
-        assert!(matches!(c.decode(&mut buf), Err(Error::MessageTooLarge { limit: 16 })));
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(Error::MessageTooLarge { limit: 16 })
+        ));
         assert!(matches!(c.decode(&mut buf), Ok(Some(Message::Response(_)))));
     }
 
@@ -364,7 +388,9 @@ mod tests {
         }
         assert_eq!(errors, 1);
         buf.extend_from_slice(b"\\\"}\"}\r\n{\"return\": {}, \"id\": 7}\r\n");
-        let Some(Message::Response(r)) = c.decode(&mut buf).unwrap() else { panic!() };
+        let Some(Message::Response(r)) = c.decode(&mut buf).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.id, Some(json!(7)));
     }
 
@@ -373,9 +399,15 @@ mod tests {
         let mut c = Codec::new();
         let mut buf = BytesMut::new();
         c.encode_command("stop", &(), Some(5), &mut buf).unwrap();
-        c.encode_command("set_link", &json!({"name": "n", "up": false}), None, &mut buf)
+        c.encode_command(
+            "set_link",
+            &json!({"name": "n", "up": false}),
+            None,
+            &mut buf,
+        )
+        .unwrap();
+        c.encode_command("cont", &json!({}), Some(6), &mut buf)
             .unwrap();
-        c.encode_command("cont", &json!({}), Some(6), &mut buf).unwrap();
         let text = std::str::from_utf8(&buf).unwrap();
         let lines: Vec<Value> = text
             .split("\r\n")
@@ -388,7 +420,9 @@ mod tests {
             json!({"execute": "set_link", "arguments": {"name": "n", "up": false}})
         );
         assert_eq!(lines[2], json!({"execute": "cont", "id": 6}));
-        let err = c.encode_command("x", &json!([1]), None, &mut buf).unwrap_err();
+        let err = c
+            .encode_command("x", &json!([1]), None, &mut buf)
+            .unwrap_err();
         assert!(matches!(err, Error::EncodeArguments { .. }));
     }
 }

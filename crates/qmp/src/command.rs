@@ -218,9 +218,14 @@ impl SendKey {
         let keys = combo
             .split('-')
             .filter(|k| !k.is_empty())
-            .map(|k| match k.strip_prefix("0x").and_then(|h| i64::from_str_radix(h, 16).ok()) {
-                Some(n) => KeyValue::Number(n),
-                None => KeyValue::qcode(k),
+            .map(|k| {
+                match k
+                    .strip_prefix("0x")
+                    .and_then(|h| i64::from_str_radix(h, 16).ok())
+                {
+                    Some(n) => KeyValue::Number(n),
+                    None => KeyValue::qcode(k),
+                }
             })
             .collect();
         Self {
@@ -386,10 +391,18 @@ pub struct MigrationInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<MigrationStatus>,
     /// Why it failed, when it did.
-    #[serde(rename = "error-desc", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "error-desc",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub error_desc: Option<String>,
     /// Total time in milliseconds, once completed.
-    #[serde(rename = "total-time", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "total-time",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub total_time: Option<u64>,
     /// Everything else QEMU reported (`ram`, `downtime`, ...).
     #[serde(flatten)]
@@ -494,9 +507,18 @@ mod tests {
                 device: None,
                 head: None,
                 events: vec![
-                    InputEvent::Key { key: KeyValue::qcode("a"), down: true },
-                    InputEvent::Btn { button: "left".into(), down: false },
-                    InputEvent::Abs { axis: "x".into(), value: 100 },
+                    InputEvent::Key {
+                        key: KeyValue::qcode("a"),
+                        down: true
+                    },
+                    InputEvent::Btn {
+                        button: "left".into(),
+                        down: false
+                    },
+                    InputEvent::Abs {
+                        axis: "x".into(),
+                        value: 100
+                    },
                 ],
             }),
             json!({"events": [
@@ -505,14 +527,20 @@ mod tests {
                 {"type": "abs", "data": {"axis": "x", "value": 100}}]})
         );
         assert_eq!(
-            args(&SetLink { name: "nic0".into(), up: false }),
+            args(&SetLink {
+                name: "nic0".into(),
+                up: false
+            }),
             json!({"name": "nic0", "up": false})
         );
         assert_eq!(
             args(&HumanMonitorCommand::new("info status")),
             json!({"command-line": "info status"})
         );
-        assert_eq!(args(&Migrate::new("exec:cat > f")), json!({"uri": "exec:cat > f"}));
+        assert_eq!(
+            args(&Migrate::new("exec:cat > f")),
+            json!({"uri": "exec:cat > f"})
+        );
         assert_eq!(
             args(&DeviceAdd::new("e1000", "n1").property("netdev", "u1")),
             json!({"driver": "e1000", "id": "n1", "netdev": "u1"})

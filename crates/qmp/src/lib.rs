@@ -72,6 +72,9 @@
 //! No out-of-band (`oob`) execution, no file-descriptor passing (`getfd`), no TCP
 //! sockets, no QEMU process management: starting and killing QEMU is the caller's job.
 
+/// The `bytes` crate this API uses, re-exported so callers match its version.
+pub use bytes;
+
 #[cfg(feature = "client")]
 mod client;
 mod codec;
@@ -84,9 +87,11 @@ pub use client::{Client, ClientOptions};
 pub use codec::{parse_frame, Codec, DEFAULT_MAX_MESSAGE_SIZE};
 pub use command::{
     Command, Cont, DeviceAdd, DeviceDel, Empty, Execute, HumanMonitorCommand, ImageFormat,
-    InputEvent, InputSendEvent, KeyValue, Migrate, MigrateIncoming, MigrationInfo,
-    MigrationStatus, QmpCapabilities, QueryMigrate, QueryStatus, QueryVersion, Quit, RunState,
-    Screendump, SendKey, SetLink, StatusInfo, Stop, SystemPowerdown, SystemReset,
+    InputEvent, InputSendEvent, KeyValue, Migrate, MigrateIncoming, MigrationInfo, MigrationStatus,
+    QmpCapabilities, QueryMigrate, QueryStatus, QueryVersion, Quit, RunState, Screendump, SendKey,
+    SetLink, StatusInfo, Stop, SystemPowerdown, SystemReset,
 };
 pub use error::{Error, Result};
-pub use message::{Event, Greeting, Message, QmpError, Response, Timestamp, VersionInfo, VersionTriple};
+pub use message::{
+    Event, Greeting, Message, QmpError, Response, Timestamp, VersionInfo, VersionTriple,
+};

@@ -131,7 +131,12 @@ impl Message {
         if let Some(error) = map.remove("error") {
             let body: QmpError = match serde_json::from_value(error) {
                 Ok(body) => body,
-                Err(e) => return Err(shape_error(format!("bad error body: {e}"), &Value::Object(map))),
+                Err(e) => {
+                    return Err(shape_error(
+                        format!("bad error body: {e}"),
+                        &Value::Object(map),
+                    ))
+                }
             };
             return Ok(Message::Response(Response {
                 id: map.remove("id"),
@@ -185,19 +190,46 @@ mod tests {
     #[test]
     fn classifies_each_shape() {
         let g = Message::from_value(json!({"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "x"}, "capabilities": ["oob"]}})).unwrap();
-        let Message::Greeting(g) = g else { panic!("{g:?}") };
-        assert_eq!(g.version.qemu, VersionTriple { major: 7, minor: 2, micro: 22 });
+        let Message::Greeting(g) = g else {
+            panic!("{g:?}")
+        };
+        assert_eq!(
+            g.version.qemu,
+            VersionTriple {
+                major: 7,
+                minor: 2,
+                micro: 22
+            }
+        );
         assert_eq!(g.capabilities, ["oob"]);
 
         let r = Message::from_value(json!({"return": {}, "id": 3})).unwrap();
-        assert_eq!(r, Message::Response(Response { id: Some(json!(3)), outcome: Ok(json!({})) }));
+        assert_eq!(
+            r,
+            Message::Response(Response {
+                id: Some(json!(3)),
+                outcome: Ok(json!({}))
+            })
+        );
 
-        let e = Message::from_value(json!({"id": "x", "error": {"class": "GenericError", "desc": "no"}})).unwrap();
-        let Message::Response(Response { id, outcome: Err(err) }) = e else { panic!() };
+        let e = Message::from_value(
+            json!({"id": "x", "error": {"class": "GenericError", "desc": "no"}}),
+        )
+        .unwrap();
+        let Message::Response(Response {
+            id,
+            outcome: Err(err),
+        }) = e
+        else {
+            panic!()
+        };
         assert_eq!(id, Some(json!("x")));
         assert_eq!(err.class, "GenericError");
 
-        let ev = Message::from_value(json!({"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"})).unwrap();
+        let ev = Message::from_value(
+            json!({"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}),
+        )
+        .unwrap();
         let Message::Event(ev) = ev else { panic!() };
         assert_eq!(ev.event, "STOP");
         assert!(ev.data.is_null());

@@ -8,7 +8,10 @@ use vmrig_qmp::{Codec, Event, Message, QmpError, Response, Timestamp};
 
 const TRANSCRIPT: &[u8] = include_bytes!("data/transcript.jsonl");
 
-fn decode_chunks<'a>(codec: &mut Codec, chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<Message> {
+fn decode_chunks<'a>(
+    codec: &mut Codec,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Message> {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     for chunk in chunks {
@@ -17,7 +20,11 @@ fn decode_chunks<'a>(codec: &mut Codec, chunks: impl IntoIterator<Item = &'a [u8
             out.push(m);
         }
     }
-    assert!(buf.is_empty(), "leftover: {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.is_empty(),
+        "leftover: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     out
 }
 
@@ -39,12 +46,26 @@ fn transcript_decodes_line_by_line() {
         assert_eq!(&message.to_value(), &value);
     }
     assert!(matches!(messages[0], Message::Greeting(_)));
-    let events = messages.iter().filter(|m| matches!(m, Message::Event(_))).count();
+    let events = messages
+        .iter()
+        .filter(|m| matches!(m, Message::Event(_)))
+        .count();
     let errors = messages
         .iter()
-        .filter(|m| matches!(m, Message::Response(Response { outcome: Err(_), .. })))
+        .filter(|m| {
+            matches!(
+                m,
+                Message::Response(Response {
+                    outcome: Err(_),
+                    ..
+                })
+            )
+        })
         .count();
-    assert!(events >= 5 && errors >= 2, "{events} events, {errors} errors");
+    assert!(
+        events >= 5 && errors >= 2,
+        "{events} events, {errors} errors"
+    );
 }
 
 fn json_leaf() -> impl Strategy<Value = Value> {
@@ -83,7 +104,10 @@ fn message() -> impl Strategy<Value = Message> {
             Message::Event(Event {
                 event,
                 data,
-                timestamp: Timestamp { seconds, microseconds },
+                timestamp: Timestamp {
+                    seconds,
+                    microseconds,
+                },
             })
         },
     );

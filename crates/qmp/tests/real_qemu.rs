@@ -10,8 +10,8 @@ use serde_json::json;
 use vmrig_qmp::{
     Client, ClientOptions, Cont, DeviceAdd, DeviceDel, Error, HumanMonitorCommand, ImageFormat,
     InputEvent, InputSendEvent, KeyValue, Migrate, MigrateIncoming, MigrationStatus, QueryMigrate,
-    QueryStatus, QueryVersion, Quit, RunState, Screendump, SendKey, SetLink, Stop,
-    SystemPowerdown, SystemReset,
+    QueryStatus, QueryVersion, Quit, RunState, Screendump, SendKey, SetLink, Stop, SystemPowerdown,
+    SystemReset,
 };
 
 fn is_event(name: &'static str) -> impl FnMut(&vmrig_qmp::Event) -> bool {
@@ -53,15 +53,28 @@ async fn negotiates_and_runs_typed_commands() {
 async fn errors_carry_qemus_class_and_description() {
     let qemu = Qemu::none();
     let qmp = qemu.connect().await;
-    let err = qmp.execute_raw("no-such-command", json!({})).await.unwrap_err();
+    let err = qmp
+        .execute_raw("no-such-command", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(err.qmp_class(), Some("CommandNotFound"), "{err}");
     assert!(err.to_string().contains("no-such-command"), "{err}");
 
     let err = qmp
-        .execute(SetLink { name: "nosuchnic".into(), up: true })
+        .execute(SetLink {
+            name: "nosuchnic".into(),
+            up: true,
+        })
         .await
         .unwrap_err();
-    let Error::Command { command, class, desc } = &err else { panic!("{err}") };
+    let Error::Command {
+        command,
+        class,
+        desc,
+    } = &err
+    else {
+        panic!("{err}")
+    };
     assert_eq!(command, "set_link");
     assert_eq!(class, "DeviceNotFound");
     assert!(desc.contains("nosuchnic"), "{desc}");
@@ -173,14 +186,23 @@ async fn send_key_and_input_events_are_accepted_and_validated() {
         device: None,
         head: None,
         events: vec![
-            InputEvent::Key { key: KeyValue::qcode("a"), down: true },
-            InputEvent::Key { key: KeyValue::qcode("a"), down: false },
+            InputEvent::Key {
+                key: KeyValue::qcode("a"),
+                down: true,
+            },
+            InputEvent::Key {
+                key: KeyValue::qcode("a"),
+                down: false,
+            },
         ],
     })
     .await
     .unwrap();
     // QEMU checks the key names, so a typo is QEMU's error, not a silent no-op.
-    let err = qmp.execute(SendKey::combo("ctrl-notakey")).await.unwrap_err();
+    let err = qmp
+        .execute(SendKey::combo("ctrl-notakey"))
+        .await
+        .unwrap_err();
     assert_eq!(err.qmp_class(), Some("GenericError"), "{err}");
 }
 
@@ -193,11 +215,19 @@ async fn set_link_targets_nics_and_netdevs_by_id() {
     let qmp = qemu.connect().await;
     for name in ["nic0", "net0"] {
         for up in [false, true] {
-            qmp.execute(SetLink { name: name.into(), up }).await.unwrap();
+            qmp.execute(SetLink {
+                name: name.into(),
+                up,
+            })
+            .await
+            .unwrap();
         }
     }
     let err = qmp
-        .execute(SetLink { name: "nic1".into(), up: false })
+        .execute(SetLink {
+            name: "nic1".into(),
+            up: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.qmp_class(), Some("DeviceNotFound"), "{err}");
@@ -211,7 +241,9 @@ async fn reset_and_powerdown_emit_their_events() {
     let reset = qmp.wait_for_event(is_event("RESET"), LONG).await.unwrap();
     assert_eq!(reset.data["reason"], "host-qmp-system-reset");
     qmp.execute(SystemPowerdown).await.unwrap();
-    qmp.wait_for_event(is_event("POWERDOWN"), LONG).await.unwrap();
+    qmp.wait_for_event(is_event("POWERDOWN"), LONG)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -235,7 +267,9 @@ async fn device_add_and_del() {
     // Unplugging a PCI device needs the guest's help; QEMU accepts the request.
     qmp.execute(DeviceDel { id: "nic9".into() }).await.unwrap();
     let err = qmp
-        .execute(DeviceDel { id: "nosuch".into() })
+        .execute(DeviceDel {
+            id: "nosuch".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.qmp_class(), Some("DeviceNotFound"), "{err}");
@@ -257,30 +291,56 @@ async fn migrate_to_a_file_and_back_in() {
             Some(MigrationStatus::Failed) => panic!("migration failed: {info:?}"),
             _ => {}
         }
-        assert!(tokio::time::Instant::now() < deadline, "migration never completed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "migration never completed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(std::fs::metadata(&file).unwrap().len() > 1024);
 
     // Same machine, waiting for an incoming migration.
     let target = Qemu::start(&[
-        "-M", "pc", "-accel", "tcg", "-m", "32", "-vga", "std", "-netdev", "user,id=net0",
-        "-device", "e1000,netdev=net0,id=nic0", "-incoming", "defer",
+        "-M",
+        "pc",
+        "-accel",
+        "tcg",
+        "-m",
+        "32",
+        "-vga",
+        "std",
+        "-netdev",
+        "user,id=net0",
+        "-device",
+        "e1000,netdev=net0,id=nic0",
+        "-incoming",
+        "defer",
     ]);
     let qmp2 = target.connect().await;
-    assert_eq!(qmp2.execute(QueryStatus).await.unwrap().status, RunState::Inmigrate);
-    qmp2.execute(MigrateIncoming { uri: format!("exec:cat '{}'", file.display()) })
-        .await
-        .unwrap();
+    assert_eq!(
+        qmp2.execute(QueryStatus).await.unwrap().status,
+        RunState::Inmigrate
+    );
+    qmp2.execute(MigrateIncoming {
+        uri: format!("exec:cat '{}'", file.display()),
+    })
+    .await
+    .unwrap();
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
         let status = qmp2.execute(QueryStatus).await.unwrap().status;
         if status != RunState::Inmigrate {
             // The source was paused (-S), so the restored machine is too.
-            assert!(matches!(status, RunState::Paused | RunState::Prelaunch), "{status:?}");
+            assert!(
+                matches!(status, RunState::Paused | RunState::Prelaunch),
+                "{status:?}"
+            );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "incoming migration never finished");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "incoming migration never finished"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
@@ -295,7 +355,10 @@ async fn quit_then_every_call_fails_at_once() {
     let qmp = qemu.connect().await;
     qmp.execute(Quit).await.unwrap();
     // The SHUTDOWN event is still there to be waited for after the socket closed.
-    let shutdown = qmp.wait_for_event(is_event("SHUTDOWN"), LONG).await.unwrap();
+    let shutdown = qmp
+        .wait_for_event(is_event("SHUTDOWN"), LONG)
+        .await
+        .unwrap();
     assert_eq!(shutdown.data["reason"], "host-qmp-quit");
     assert!(qemu.wait_exit(LONG), "qemu did not exit after quit");
     let err = tokio::time::timeout(LONG, async {
@@ -329,17 +392,31 @@ async fn qemu_killed_mid_command_fails_every_pending_call() {
     }
     let waiter = {
         let qmp = qmp.clone();
-        tokio::spawn(async move { qmp.wait_for_event(is_event("NEVER"), Duration::from_secs(600)).await })
+        tokio::spawn(async move {
+            qmp.wait_for_event(is_event("NEVER"), Duration::from_secs(600))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(pending.iter().all(|t| !t.is_finished()), "a frozen QEMU answered");
+    assert!(
+        pending.iter().all(|t| !t.is_finished()),
+        "a frozen QEMU answered"
+    );
     qemu.signal("KILL");
     for task in pending {
-        let err = tokio::time::timeout(LONG, task).await.unwrap().unwrap().unwrap_err();
+        let err = tokio::time::timeout(LONG, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
         assert!(err.is_disconnected(), "{err}");
         assert!(err.to_string().contains("closed"), "{err}");
     }
-    let err = tokio::time::timeout(LONG, waiter).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(LONG, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert!(err.is_disconnected(), "{err}");
     let err = qmp.execute(QueryStatus).await.unwrap_err();
     assert!(err.is_disconnected(), "{err}");

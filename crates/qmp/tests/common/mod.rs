@@ -30,8 +30,18 @@ impl Qemu {
     /// unless `running`.
     pub fn pc(running: bool) -> Qemu {
         let mut args = vec![
-            "-M", "pc", "-accel", "tcg", "-m", "32", "-vga", "std",
-            "-netdev", "user,id=net0", "-device", "e1000,netdev=net0,id=nic0",
+            "-M",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "32",
+            "-vga",
+            "std",
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "e1000,netdev=net0,id=nic0",
         ];
         if !running {
             args.push("-S");
@@ -56,7 +66,9 @@ impl Qemu {
     }
 
     pub async fn connect(&self) -> Client {
-        Client::connect(&self.qmp, CONNECT).await.expect("connect to qmp")
+        Client::connect(&self.qmp, CONNECT)
+            .await
+            .expect("connect to qmp")
     }
 
     pub async fn connect_with(&self, options: ClientOptions) -> Client {
