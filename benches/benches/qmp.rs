@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p vmrig-benches --bench qmp`
 
+// `criterion_group!` defines an undocumented public function.
+#![allow(missing_docs)]
+
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,7 +21,7 @@ const TRANSCRIPT: &[u8] = include_bytes!("../../crates/qmp/tests/data/transcript
 /// Decodes `stream` as reads of `read` bytes; returns the message count.
 fn decode(stream: &[u8], read: usize) -> usize {
     let mut codec = Codec::new();
-    let mut buf = BytesMut::with_capacity(read * 2);
+    let mut buf = BytesMut::with_capacity(read.min(stream.len()) * 2);
     let mut n = 0;
     for chunk in stream.chunks(read) {
         buf.extend_from_slice(chunk);
@@ -58,6 +61,25 @@ fn bench_decode(c: &mut Criterion) {
         group.bench_function("4k_reads", |b| b.iter(|| decode(stream, 4096)));
         group.finish();
     }
+
+    // Framing alone (no JSON parse): how the cost splits between the two.
+    let mut group = c.benchmark_group("qmp/frame_only/transcript");
+    group.throughput(Throughput::Bytes(TRANSCRIPT.len() as u64));
+    group.bench_function("4k_reads", |b| {
+        b.iter(|| {
+            let mut codec = Codec::new();
+            let mut buf = BytesMut::with_capacity(8192);
+            let mut n = 0;
+            for chunk in TRANSCRIPT.chunks(4096) {
+                buf.extend_from_slice(chunk);
+                while let Ok(Some(_)) = codec.decode_frame(&mut buf) {
+                    n += 1;
+                }
+            }
+            n
+        })
+    });
+    group.finish();
 
     let mut group = c.benchmark_group("qmp/encode");
     group.throughput(Throughput::Elements(1));

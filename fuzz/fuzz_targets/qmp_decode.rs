@@ -20,7 +20,10 @@ fn decode_all(codec: &mut Codec, buf: &mut BytesMut, out: &mut Vec<Message>) {
             Ok(Some(m)) => out.push(m),
             Err(_) => {}
         }
-        assert!(buf.len() < before, "decode returned without consuming input");
+        assert!(
+            buf.len() < before,
+            "decode returned without consuming input"
+        );
     }
 }
 
@@ -43,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
     for piece in stream.chunks(chunk) {
         buf.extend_from_slice(piece);
         decode_all(&mut codec, &mut buf, &mut chunked);
-        assert!(buf.len() <= max, "buffered {} bytes past the {max}-byte bound", buf.len());
+        assert!(
+            buf.len() <= max,
+            "buffered {} bytes past the {max}-byte bound",
+            buf.len()
+        );
     }
     assert_eq!(whole, chunked);
 });

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -106,7 +107,7 @@ impl Drop for Inner {
     }
 }
 
-type Outcome = Result<Value, QmpError>;
+type Outcome = Result<Box<RawValue>, QmpError>;
 
 #[derive(Debug)]
 struct Shared {
@@ -311,7 +312,7 @@ impl Client {
     pub async fn execute<C: Command>(&self, command: C) -> Result<C::Output> {
         let name = command.name().to_owned();
         let ret = self.execute_value(&name, &command).await?;
-        serde_json::from_value(ret).map_err(|source| Error::DecodeReturn {
+        serde_json::from_str(ret.get()).map_err(|source| Error::DecodeReturn {
             command: name,
             source,
         })
@@ -320,8 +321,7 @@ impl Client {
     /// Runs any command by name with JSON `arguments` (an object, or `Value::Null`
     /// for none) and returns QEMU's raw `return` value.
     pub async fn execute_raw(&self, name: &str, arguments: Value) -> Result<Value> {
-        self.execute_value(name, &Execute::new(name, arguments))
-            .await
+        self.execute(Execute::new(name, arguments)).await
     }
 
     /// Like [`execute`](Self::execute) with a bound on the wait for the answer.
@@ -344,7 +344,7 @@ impl Client {
         &self,
         name: &str,
         arguments: &A,
-    ) -> Result<Value> {
+    ) -> Result<Box<RawValue>> {
         let shared = &*self.inner.shared;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut buf = BytesMut::new();

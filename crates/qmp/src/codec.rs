@@ -8,10 +8,11 @@
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::message::Message;
+use crate::message::{Message, Response};
 
 /// Default bound on one message: 8 MiB. QEMU 7.2's largest reply here,
 /// `query-qmp-schema`, is about 190 KiB.
@@ -204,39 +205,36 @@ impl Codec {
         id: Option<u64>,
         buf: &mut BytesMut,
     ) -> Result<()> {
-        let arguments = serde_json::to_value(arguments).map_err(|e| Error::EncodeArguments {
+        let encode_error = |reason: String| Error::EncodeArguments {
             command: name.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let arguments = match arguments {
-            Value::Null => None,
-            Value::Object(map) if map.is_empty() => None,
-            Value::Object(map) => Some(map),
+            reason,
+        };
+        // Serialized straight to text (no intermediate Value), so field order is
+        // the struct's and the cost is one pass.
+        let arguments = serde_json::to_vec(arguments).map_err(|e| encode_error(e.to_string()))?;
+        let arguments = match arguments.as_slice() {
+            b"null" | b"{}" => None,
+            [b'{', ..] => Some(arguments),
             other => {
-                return Err(Error::EncodeArguments {
-                    command: name.to_owned(),
-                    reason: format!("arguments must be a json object, not {other}"),
-                })
+                return Err(encode_error(format!(
+                    "arguments must be a json object, not {}",
+                    String::from_utf8_lossy(other)
+                )))
             }
         };
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            execute: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            arguments: Option<serde_json::Map<String, Value>>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<u64>,
+        buf.put_slice(b"{\"execute\":");
+        // A &str always serializes, and writing into a BytesMut cannot fail.
+        serde_json::to_writer((&mut *buf).writer(), name)
+            .map_err(|e| encode_error(e.to_string()))?;
+        if let Some(arguments) = arguments {
+            buf.put_slice(b",\"arguments\":");
+            buf.put_slice(&arguments);
         }
-        let wire = Wire {
-            execute: name,
-            arguments,
-            id,
-        };
-        // Writing into a BytesMut cannot fail and a Map always serializes.
-        serde_json::to_writer((&mut *buf).writer(), &wire).map_err(|e| Error::EncodeArguments {
-            command: name.to_owned(),
-            reason: e.to_string(),
-        })?;
+        if let Some(id) = id {
+            buf.put_slice(b",\"id\":");
+            buf.put_slice(id.to_string().as_bytes());
+        }
+        buf.put_u8(b'}');
         buf.put_slice(b"\r\n");
         Ok(())
     }
@@ -244,8 +242,24 @@ impl Codec {
     /// Appends a server-side message in QEMU's wire form, for test servers and
     /// recorders.
     pub fn encode_message(&mut self, message: &Message, buf: &mut BytesMut) {
-        // A Value always serializes, and writing into a BytesMut cannot fail.
-        let _ = serde_json::to_writer((&mut *buf).writer(), &message.to_value());
+        if let Message::Response(Response {
+            id,
+            outcome: Ok(ret),
+        }) = message
+        {
+            // Copy the raw return value through untouched.
+            #[derive(Serialize)]
+            struct Wire<'a> {
+                #[serde(rename = "return")]
+                ret: &'a RawValue,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                id: &'a Option<Value>,
+            }
+            let _ = serde_json::to_writer((&mut *buf).writer(), &Wire { ret, id });
+        } else {
+            // A Value always serializes, and writing into a BytesMut cannot fail.
+            let _ = serde_json::to_writer((&mut *buf).writer(), &message.to_value());
+        }
         buf.put_slice(b"\r\n");
     }
 }
@@ -261,9 +275,7 @@ fn memchr_string_end(rest: &[u8]) -> Option<usize> {
 
 /// Parses one framed JSON object into a [`Message`].
 pub fn parse_frame(frame: &[u8]) -> Result<Message> {
-    let value: Value =
-        serde_json::from_slice(frame).map_err(|source| Error::InvalidJson { source })?;
-    Message::from_value(value)
+    Message::from_slice(frame)
 }
 
 #[cfg(test)]
@@ -293,7 +305,7 @@ mod tests {
         let Ok(Message::Response(r)) = &got[1] else {
             panic!("{got:?}")
         };
-        assert_eq!(r.outcome, Ok(json!("a}\"{")));
+        assert_eq!(r.parse_return::<String>().unwrap(), Ok("a}\"{".to_owned()));
         assert_eq!(&buf[..], b"{\"ret");
     }
 

@@ -43,7 +43,7 @@
 //! let mut out = BytesMut::new();
 //! let cmd = vmrig_qmp::SendKey::combo("ctrl-alt-delete");
 //! codec.encode_command("send-key", &cmd, Some(2), &mut out)?;
-//! assert!(out.starts_with(br#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"}"#));
+//! assert!(out.starts_with(br#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"}"#), "{out:?}");
 //! # Ok::<(), vmrig_qmp::Error>(())
 //! ```
 //!

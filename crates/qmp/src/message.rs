@@ -1,7 +1,10 @@
 //! The messages QEMU sends: greeting, responses and events (QMP spec, "Server
 //! Greeting", "Commands Responses", "Asynchronous events").
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -48,12 +51,38 @@ pub struct QmpError {
 }
 
 /// A command's answer: a `return` value or an `error`, with the `id` the command carried.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The `return` value is kept as raw JSON text, so a large reply (such as
+/// `query-qmp-schema`) is parsed once, straight into the type the caller wants.
+#[derive(Debug, Clone)]
 pub struct Response {
     /// The `id` of the command, echoed verbatim by QEMU (any JSON value), if it had one.
     pub id: Option<Value>,
     /// `Ok(return value)` or `Err(error body)`.
-    pub outcome: Result<Value, QmpError>,
+    pub outcome: Result<Box<RawValue>, QmpError>,
+}
+
+impl Response {
+    /// Deserializes the `return` value into `T`; `Ok(Err(_))` when QEMU answered
+    /// with an error.
+    pub fn parse_return<T: DeserializeOwned>(&self) -> serde_json::Result<Result<T, QmpError>> {
+        match &self.outcome {
+            Ok(raw) => serde_json::from_str(raw.get()).map(Ok),
+            Err(e) => Ok(Err(e.clone())),
+        }
+    }
+}
+
+impl PartialEq for Response {
+    /// Raw return values compare by their JSON text.
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && match (&self.outcome, &other.outcome) {
+                (Ok(a), Ok(b)) => a.get() == b.get(),
+                (Err(a), Err(b)) => a == b,
+                _ => false,
+            }
+    }
 }
 
 /// When QEMU emitted an event (seconds and microseconds since the Unix epoch).
@@ -91,8 +120,9 @@ pub enum Message {
 /// Longest excerpt of an offending message kept in an error.
 const EXCERPT: usize = 200;
 
-fn excerpt(value: &Value) -> String {
-    let mut text = value.to_string();
+fn excerpt(frame: &[u8]) -> String {
+    let text = String::from_utf8_lossy(frame);
+    let mut text = text.trim_end().to_owned();
     if text.len() > EXCERPT {
         let mut cut = EXCERPT;
         while !text.is_char_boundary(cut) {
@@ -104,56 +134,78 @@ fn excerpt(value: &Value) -> String {
     text
 }
 
-fn shape_error(reason: impl Into<String>, value: &Value) -> Error {
+fn shape_error(reason: impl Into<String>, frame: &[u8]) -> Error {
     Error::UnknownShape {
         reason: reason.into(),
-        message: excerpt(value),
+        message: excerpt(frame),
     }
 }
 
+/// Deserializes a member that is present (even as `null`) into `Some`.
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Every member a server message may have; which are present decides its kind.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "QMP", default)]
+    qmp: Option<Greeting>,
+    #[serde(rename = "return", borrow, default, deserialize_with = "present")]
+    ret: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<QmpError>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    timestamp: Option<Timestamp>,
+}
+
 impl Message {
-    /// Classifies a parsed JSON value as a QMP message.
-    pub fn from_value(value: Value) -> Result<Message> {
-        let Value::Object(mut map) = value else {
-            return Err(shape_error("not a json object", &value));
+    /// Parses one complete JSON object (a frame from [`Codec::decode_frame`](crate::Codec::decode_frame)).
+    pub fn from_slice(frame: &[u8]) -> Result<Message> {
+        let wire: Wire<'_> = match serde_json::from_slice(frame) {
+            Ok(wire) => wire,
+            // Valid JSON of the wrong shape (`"event": 5`, an array, ...).
+            Err(e) if e.classify() == Category::Data => {
+                return Err(shape_error(e.to_string(), frame))
+            }
+            Err(source) => return Err(Error::InvalidJson { source }),
         };
-        if let Some(greeting) = map.remove("QMP") {
-            return serde_json::from_value(greeting)
-                .map(Message::Greeting)
-                .map_err(|e| shape_error(format!("bad greeting: {e}"), &Value::Object(map)));
+        if let Some(greeting) = wire.qmp {
+            return Ok(Message::Greeting(greeting));
         }
-        if let Some(ret) = map.remove("return") {
+        if let Some(ret) = wire.ret {
             return Ok(Message::Response(Response {
-                id: map.remove("id"),
-                outcome: Ok(ret),
+                id: wire.id,
+                outcome: Ok(ret.to_owned()),
             }));
         }
-        if let Some(error) = map.remove("error") {
-            let body: QmpError = match serde_json::from_value(error) {
-                Ok(body) => body,
-                Err(e) => {
-                    return Err(shape_error(
-                        format!("bad error body: {e}"),
-                        &Value::Object(map),
-                    ))
-                }
-            };
+        if let Some(error) = wire.error {
             return Ok(Message::Response(Response {
-                id: map.remove("id"),
-                outcome: Err(body),
+                id: wire.id,
+                outcome: Err(error),
             }));
         }
-        if map.contains_key("event") {
-            let value = Value::Object(map);
-            return match Event::deserialize(&value) {
-                Ok(event) => Ok(Message::Event(event)),
-                Err(e) => Err(shape_error(format!("bad event: {e}"), &value)),
+        if let Some(event) = wire.event {
+            let Some(timestamp) = wire.timestamp else {
+                return Err(shape_error("event without a timestamp", frame));
             };
+            return Ok(Message::Event(Event {
+                event,
+                data: wire.data.unwrap_or(Value::Null),
+                timestamp,
+            }));
         }
-        Err(shape_error(
-            "no QMP, return, error or event member",
-            &Value::Object(map),
-        ))
+        Err(shape_error("no QMP, return, error or event member", frame))
     }
 
     /// The wire form of this message, as QEMU would send it.
@@ -166,7 +218,11 @@ impl Message {
             }
             Message::Response(r) => {
                 match &r.outcome {
-                    Ok(ret) => map.insert("return".into(), ret.clone()),
+                    // A RawValue always holds valid JSON.
+                    Ok(ret) => map.insert(
+                        "return".into(),
+                        serde_json::from_str(ret.get()).unwrap_or(Value::Null),
+                    ),
                     Err(err) => map.insert(
                         "error".into(),
                         serde_json::to_value(err).unwrap_or(Value::Null),
@@ -187,9 +243,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse(v: Value) -> Result<Message> {
+        Message::from_slice(v.to_string().as_bytes())
+    }
+
+    fn raw(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
+    }
+
     #[test]
     fn classifies_each_shape() {
-        let g = Message::from_value(json!({"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "x"}, "capabilities": ["oob"]}})).unwrap();
+        let g = parse(json!({"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "x"}, "capabilities": ["oob"]}})).unwrap();
         let Message::Greeting(g) = g else {
             panic!("{g:?}")
         };
@@ -203,19 +267,27 @@ mod tests {
         );
         assert_eq!(g.capabilities, ["oob"]);
 
-        let r = Message::from_value(json!({"return": {}, "id": 3})).unwrap();
+        let r = parse(json!({"return": {}, "id": 3})).unwrap();
         assert_eq!(
             r,
             Message::Response(Response {
                 id: Some(json!(3)),
-                outcome: Ok(json!({}))
+                outcome: Ok(raw(json!({})))
             })
         );
 
-        let e = Message::from_value(
-            json!({"id": "x", "error": {"class": "GenericError", "desc": "no"}}),
-        )
-        .unwrap();
+        // `null` members are present, not absent.
+        let r = parse(json!({"return": null, "id": null})).unwrap();
+        assert_eq!(
+            r,
+            Message::Response(Response {
+                id: Some(Value::Null),
+                outcome: Ok(raw(Value::Null))
+            })
+        );
+
+        let e =
+            parse(json!({"id": "x", "error": {"class": "GenericError", "desc": "no"}})).unwrap();
         let Message::Response(Response {
             id,
             outcome: Err(err),
@@ -226,13 +298,20 @@ mod tests {
         assert_eq!(id, Some(json!("x")));
         assert_eq!(err.class, "GenericError");
 
-        let ev = Message::from_value(
-            json!({"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}),
-        )
-        .unwrap();
+        let ev = parse(json!({"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}))
+            .unwrap();
         let Message::Event(ev) = ev else { panic!() };
         assert_eq!(ev.event, "STOP");
         assert!(ev.data.is_null());
+    }
+
+    #[test]
+    fn return_values_parse_into_any_type() {
+        let Message::Response(r) = parse(json!({"return": [1, 2], "id": 1})).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.parse_return::<Vec<u8>>().unwrap(), Ok(vec![1, 2]));
+        assert!(r.parse_return::<String>().is_err());
     }
 
     #[test]
@@ -245,15 +324,17 @@ mod tests {
             json!({"QMP": {}}),
             json!([1, 2]),
         ] {
-            let err = Message::from_value(bad.clone()).unwrap_err();
+            let err = parse(bad.clone()).unwrap_err();
             assert!(matches!(err, Error::UnknownShape { .. }), "{bad}: {err}");
         }
+        let err = Message::from_slice(b"{\"return\": tru}").unwrap_err();
+        assert!(matches!(err, Error::InvalidJson { .. }), "{err}");
     }
 
     #[test]
     fn excerpt_is_bounded_and_char_safe() {
         let long = json!({"x": "é".repeat(1000)});
-        let err = Message::from_value(long).unwrap_err().to_string();
+        let err = parse(long).unwrap_err().to_string();
         assert!(err.len() < 400, "{err}");
     }
 
@@ -264,7 +345,7 @@ mod tests {
             json!({"error": {"class": "C", "desc": "d"}}),
             json!({"event": "RESET", "data": {"guest": false}, "timestamp": {"seconds": 1, "microseconds": 2}}),
         ] {
-            let m = Message::from_value(v.clone()).unwrap();
+            let m = parse(v.clone()).unwrap();
             assert_eq!(m.to_value(), v);
         }
     }

@@ -94,7 +94,7 @@ fn message() -> impl Strategy<Value = Message> {
     let response = (
         id,
         prop_oneof![
-            json_value().prop_map(Ok),
+            json_value().prop_map(|v| Ok(serde_json::value::to_raw_value(&v).unwrap())),
             ("[A-Za-z]{1,16}", ".{0,40}").prop_map(|(class, desc)| Err(QmpError { class, desc })),
         ],
     )
