@@ -7,12 +7,15 @@
 //! - [`Codec`]: pure framing and parsing over [`bytes::BytesMut`], shaped like a
 //!   `tokio_util` codec. It accepts any chunking of the stream, several messages per
 //!   read, pretty-printed or compact JSON, and bounds message size. No I/O.
+//!   `return` values stay raw JSON text ([`Response::parse_return`]) so a large reply
+//!   is parsed once, straight into the caller's type.
 //! - [`command`]: one serde type per QMP command ([`Stop`], [`Screendump`],
 //!   [`SendKey`], [`SetLink`], [`Migrate`], ...) tied to its return type by the
 //!   [`Command`] trait, plus [`Execute`] for any other command.
 //! - [`Client`] (feature `client`, on by default): a tokio client over a unix socket
 //!   that negotiates capabilities, runs commands from many tasks at once, queues
-//!   events in a bounded queue and fails every call at once when QEMU goes away.
+//!   events in a bounded queue ([`Client::wait_for_event`], [`Client::take_events`],
+//!   [`Client::dropped_events`]) and fails every call at once when QEMU goes away.
 //!
 //! # Example
 //!
