@@ -357,6 +357,18 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                 continue;
             }
         };
+        // Credentials first: another user must not even hold a handshake slot.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == shared.uid => {}
+            Ok(cred) => {
+                warn!(dir = %shared.dir.display(), "vde switch: rejected client: {}", Error::ForeignUid { peer: cred.uid(), ours: shared.uid });
+                continue;
+            }
+            Err(e) => {
+                warn!(dir = %shared.dir.display(), error = %e, "vde switch: rejected client: cannot read peer credentials");
+                continue;
+            }
+        }
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             warn!(
                 dir = %shared.dir.display(),
@@ -380,15 +392,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
 
 /// Reads and checks the request, creates the port; returns it with the control stream.
 async fn handshake(shared: &Arc<Shared>, mut ctl: UnixStream) -> Result<Option<(PortId, UnixStream)>> {
-    let cred = ctl
-        .peer_cred()
-        .map_err(|e| Error::io("reading peer credentials", e))?;
-    if cred.uid() != shared.uid {
-        return Err(Error::ForeignUid {
-            peer: cred.uid(),
-            ours: shared.uid,
-        });
-    }
     let timeout = shared.opts.handshake_timeout;
     let mut buf = BytesMut::with_capacity(MAX_REQUEST_LEN);
     let req = tokio::time::timeout(timeout, async {
