@@ -1,34 +1,112 @@
-//! The `vmrig` command line (work in progress).
+//! The `vmrig` command line: argument parsing and output only; the work is
+//! done by the library crates.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod vde_switch;
 
-/// Run NixOS-style integration tests against real QEMU virtual machines.
-#[derive(Debug, Parser)]
-#[command(name = "vmrig", version)]
+#[derive(Parser)]
+#[command(
+    name = "vmrig",
+    version,
+    about = "Run NixOS-style integration tests against real QEMU virtual machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
+    /// Build test guests and their start scripts.
+    #[command(subcommand)]
+    Guest(GuestCommand),
     /// Run a VDE switch (a stand-in for vde2's vde_switch).
     VdeSwitch(vde_switch::Args),
 }
 
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Build every node of a vmrig.toml: OUT/bin/run-<node>-vm, like a Nix result.
+    Build {
+        /// The test definition (vmrig.toml), or a directory holding one.
+        definition: PathBuf,
+        /// Output directory.
+        #[arg(short, long, default_value = "result")]
+        out: PathBuf,
+        /// Accelerator the start scripts use: auto probes KVM with a bounded
+        /// boot and falls back to TCG.
+        #[arg(long, default_value = "tcg", value_parser = ["auto", "kvm", "tcg"])]
+        accel: String,
+        /// Kernel image to boot (default: the newest /boot/vmlinuz-* with modules).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Cache directory (default: $VMRIG_CACHE_DIR, $XDG_CACHE_HOME/vmrig or ~/.cache/vmrig).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Guest(GuestCommand::Build {
+            definition,
+            out,
+            accel,
+            kernel,
+            cache_dir,
+        }) => guest_build(definition, out, &accel, kernel, cache_dir),
         Command::VdeSwitch(args) => vde_switch::run(args),
+    }
+}
+
+fn guest_build(
+    definition: PathBuf,
+    out: PathBuf,
+    accel: &str,
+    kernel: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+) -> ExitCode {
+    let definition = if definition.is_dir() {
+        definition.join("vmrig.toml")
+    } else {
+        definition
+    };
+    let mut opts = vmrig_guest::BuildOptions {
+        accel: accel.parse().expect("clap checked the value"),
+        kernel,
+        ..Default::default()
+    };
+    if let Some(dir) = cache_dir {
+        opts.cache_dir = dir;
+    }
+    match vmrig_guest::build(&definition, &out, &opts) {
+        Ok(built) => {
+            for node in &built.nodes {
+                println!("{}", node.start_script.display());
+            }
+            eprintln!(
+                "vmrig: {} node(s) {} in {:.2} s (kernel {}, accel {}: {})",
+                built.nodes.len(),
+                if built.cached {
+                    "from the cache"
+                } else {
+                    "built"
+                },
+                built.elapsed.as_secs_f64(),
+                built.kernel_release,
+                built.accel.as_str(),
+                built.accel_reason,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmrig: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -32,6 +32,14 @@ fn parse_octal(s: &str) -> Result<u32, String> {
 
 /// Runs the switch until stdin closes or `shutdown` is typed.
 pub fn run(args: Args) -> ExitCode {
+    // Rejected clients and port changes are logged to stderr (RUST_LOG to tune).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
     let mut opts = SwitchOptions::new(args.sock).hub(args.hub);
     opts.dir_mode = args.dirmode;
     opts.config.max_ports = args.numports;
