@@ -97,8 +97,8 @@ fn run_load(plugs: &[VdePlug], total: u64, rate: Option<u64>) -> Load {
                 while n < per_sender {
                     if let Some(rate) = rate {
                         // Pace in bursts of 10 to keep sleeps coarse.
-                        let due = start
-                            + Duration::from_secs_f64(n as f64 * pairs as f64 / rate as f64);
+                        let due =
+                            start + Duration::from_secs_f64(n as f64 * pairs as f64 / rate as f64);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);

@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The frame path: the input is a sequence of (port, control, frame) records.
-    let Some((&hub, mut rest)) = data.split_first() else { return };
+    let Some((&hub, mut rest)) = data.split_first() else {
+        return;
+    };
     let mut sw = SwitchCore::new(SwitchConfig {
         max_ports: 6,
         hub: hub & 1 == 1,

@@ -126,7 +126,6 @@ where
         stdout
             .write_all(out.as_bytes())
             .await
-            .and_then(|()| Ok(()))
             .map_err(|e| Error::io("writing to stdout", e))?;
         stdout
             .flush()

@@ -57,9 +57,7 @@ impl MacTable {
     /// The port `mac` was last seen on, unless that was longer than the ageing time ago.
     pub fn lookup(&self, mac: &Mac, now: Instant) -> Option<PortId> {
         match self.entries.get(mac) {
-            Some(&(port, seen)) if now.saturating_duration_since(seen) < self.max_age => {
-                Some(port)
-            }
+            Some(&(port, seen)) if now.saturating_duration_since(seen) < self.max_age => Some(port),
             _ => None,
         }
     }

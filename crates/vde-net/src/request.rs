@@ -224,19 +224,34 @@ mod tests {
         sample().encode(&mut good);
         let mut v = good.clone();
         v[4] = 2;
-        assert!(matches!(RequestDecoder.decode(&mut v), Err(Error::BadVersion(2))));
+        assert!(matches!(
+            RequestDecoder.decode(&mut v),
+            Err(Error::BadVersion(2))
+        ));
         let mut t = good.clone();
         t[8] = 7;
-        assert!(matches!(RequestDecoder.decode(&mut t), Err(Error::BadType(7))));
+        assert!(matches!(
+            RequestDecoder.decode(&mut t),
+            Err(Error::BadType(7))
+        ));
         let mut f = good.clone();
         f[12] = 2;
-        assert!(matches!(RequestDecoder.decode(&mut f), Err(Error::BadFamily(2))));
+        assert!(matches!(
+            RequestDecoder.decode(&mut f),
+            Err(Error::BadFamily(2))
+        ));
         let mut p = good.clone();
         p[14..HEADER_LEN].fill(b'a');
-        assert!(matches!(RequestDecoder.decode(&mut p), Err(Error::BadPath(_))));
+        assert!(matches!(
+            RequestDecoder.decode(&mut p),
+            Err(Error::BadPath(_))
+        ));
         let mut e = good;
         e[14..HEADER_LEN].fill(0);
-        assert!(matches!(RequestDecoder.decode(&mut e), Err(Error::BadPath(_))));
+        assert!(matches!(
+            RequestDecoder.decode(&mut e),
+            Err(Error::BadPath(_))
+        ));
     }
 
     #[test]

@@ -106,7 +106,9 @@ pub struct Switch {
 
 impl std::fmt::Debug for Switch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Switch").field("dir", &self.shared.dir).finish()
+        f.debug_struct("Switch")
+            .field("dir", &self.shared.dir)
+            .finish()
     }
 }
 
@@ -115,8 +117,12 @@ impl Switch {
     /// tokio runtime.
     pub async fn start(opts: SwitchOptions) -> Result<Switch> {
         let created_dir = !opts.dir.exists();
-        std::fs::create_dir_all(&opts.dir)
-            .map_err(|e| Error::io(format!("creating switch directory {}", opts.dir.display()), e))?;
+        std::fs::create_dir_all(&opts.dir).map_err(|e| {
+            Error::io(
+                format!("creating switch directory {}", opts.dir.display()),
+                e,
+            )
+        })?;
         std::fs::set_permissions(&opts.dir, std::fs::Permissions::from_mode(opts.dir_mode))
             .map_err(|e| Error::io(format!("setting mode of {}", opts.dir.display()), e))?;
         let dir = opts
@@ -391,7 +397,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
 }
 
 /// Reads and checks the request, creates the port; returns it with the control stream.
-async fn handshake(shared: &Arc<Shared>, mut ctl: UnixStream) -> Result<Option<(PortId, UnixStream)>> {
+async fn handshake(
+    shared: &Arc<Shared>,
+    mut ctl: UnixStream,
+) -> Result<Option<(PortId, UnixStream)>> {
     let timeout = shared.opts.handshake_timeout;
     let mut buf = BytesMut::with_capacity(MAX_REQUEST_LEN);
     let req = tokio::time::timeout(timeout, async {
@@ -446,7 +455,9 @@ fn check_client_path(dir: &Path, uid: u32, req: &Request) -> Result<PathBuf> {
         path: path.clone(),
         dir: dir.to_owned(),
     };
-    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
         || path.parent() != Some(dir)
     {
         return Err(outside());
@@ -454,7 +465,10 @@ fn check_client_path(dir: &Path, uid: u32, req: &Request) -> Result<PathBuf> {
     let meta = std::fs::symlink_metadata(&path)
         .map_err(|e| Error::io(format!("checking client socket {}", path.display()), e))?;
     if !meta.file_type().is_socket() {
-        return Err(Error::BadPath(format!("{} is not a socket", path.display())));
+        return Err(Error::BadPath(format!(
+            "{} is not a socket",
+            path.display()
+        )));
     }
     if meta.uid() != uid {
         return Err(Error::ForeignUid {
@@ -484,8 +498,12 @@ fn open_port(
         std::fs::set_permissions(&data_path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("setting mode of {}", data_path.display()), e))?;
         // Connect now: libvdeplug unlinks its socket as soon as it has our reply.
-        sock.connect(client)
-            .map_err(|e| Error::io(format!("connecting to client socket {}", client.display()), e))?;
+        sock.connect(client).map_err(|e| {
+            Error::io(
+                format!("connecting to client socket {}", client.display()),
+                e,
+            )
+        })?;
         Ok(sock)
     })();
     match opened {

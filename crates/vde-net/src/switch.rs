@@ -360,7 +360,9 @@ mod tests {
             hub,
             ..SwitchConfig::default()
         });
-        let ports = (0..n).map(|i| sw.add_port(None, &format!("p{i}")).unwrap()).collect();
+        let ports = (0..n)
+            .map(|i| sw.add_port(None, &format!("p{i}")).unwrap())
+            .collect();
         (sw, ports)
     }
 
@@ -471,7 +473,13 @@ mod tests {
         // 7000 expected; a seeded RNG makes this deterministic.
         assert!((6500..7500).contains(&passed), "{passed}");
         assert!(matches!(
-            sw.set_port_faults(p[0], LinkFaults { loss_percent: 101.0, ..LinkFaults::default() }),
+            sw.set_port_faults(
+                p[0],
+                LinkFaults {
+                    loss_percent: 101.0,
+                    ..LinkFaults::default()
+                }
+            ),
             Err(Error::BadLoss(_))
         ));
     }
@@ -483,9 +491,15 @@ mod tests {
             ..SwitchConfig::default()
         });
         sw.add_port(None, "a").unwrap();
-        assert!(matches!(sw.add_port(Some(1), "b"), Err(Error::PortUnavailable(1))));
+        assert!(matches!(
+            sw.add_port(Some(1), "b"),
+            Err(Error::PortUnavailable(1))
+        ));
         sw.add_port(Some(2), "b").unwrap();
-        assert!(matches!(sw.add_port(None, "c"), Err(Error::PortsExhausted(2))));
+        assert!(matches!(
+            sw.add_port(None, "c"),
+            Err(Error::PortsExhausted(2))
+        ));
         sw.remove_port(PortId(1));
         assert_eq!(sw.add_port(None, "d").unwrap(), PortId(1));
     }

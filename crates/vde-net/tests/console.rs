@@ -5,7 +5,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use vmrig_vde_net::{run_standalone, SwitchOptions};
 
-async fn read_until_status(lines: &mut tokio::io::Lines<BufReader<tokio::io::DuplexStream>>) -> Vec<String> {
+async fn read_until_status(
+    lines: &mut tokio::io::Lines<BufReader<tokio::io::DuplexStream>>,
+) -> Vec<String> {
     let mut got = Vec::new();
     loop {
         let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
@@ -41,7 +43,10 @@ async fn answers_like_vde_switch_and_stops_on_eof() {
     // The switch is up by the time it answers.
     assert!(dir.join("ctl").exists());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
     // Older drivers: `version`, one line read.
     to_switch.write_all(b"version\n").await.unwrap();

@@ -68,14 +68,21 @@ fn guests_talk_through_the_switch_and_feel_its_faults() {
         .unwrap();
     let switch = Arc::new(
         runtime
-            .block_on(Switch::start(SwitchOptions::new(work.path().join("vde1.ctl"))))
+            .block_on(Switch::start(SwitchOptions::new(
+                work.path().join("vde1.ctl"),
+            )))
             .unwrap(),
     );
     let mut guests = boot_all(&out, switch.dir());
     eprintln!("booted 3 guests in {:.1} s", t0.elapsed().as_secs_f64());
-    let [a, b, c] = &mut guests[..] else { unreachable!() };
+    let [a, b, c] = &mut guests[..] else {
+        unreachable!()
+    };
     assert_eq!(switch.ports().len(), 3);
-    assert!(switch.ports().iter().all(|p| p.description.contains("QEMU")));
+    assert!(switch
+        .ports()
+        .iter()
+        .all(|p| p.description.contains("QEMU")));
 
     // Two guests ping each other; the capture sees the echo requests.
     let pcap_file = work.path().join("vlan1.pcap");
@@ -129,7 +136,11 @@ fn guests_talk_through_the_switch_and_feel_its_faults() {
         .unwrap();
     let mut lines = sum_b.lines();
     assert_eq!(lines.next().map(str::trim), Some("10485760"));
-    assert_eq!(lines.next(), sum_a.lines().next(), "data corrupted in transit");
+    assert_eq!(
+        lines.next(),
+        sum_a.lines().next(),
+        "data corrupted in transit"
+    );
     eprintln!("10 MiB over TCP in {:.1} s", t.elapsed().as_secs_f64());
 
     // Port link down: a cannot reach b, then can again.
@@ -152,7 +163,10 @@ fn guests_talk_through_the_switch_and_feel_its_faults() {
     let (_, outp) = ping(a, "b", 30);
     switch.set_port_loss(pb, 0.0).unwrap();
     let got = received(&outp);
-    assert!(got > 0 && got < 30, "{got}/30 pings answered at 30% loss: {outp}");
+    assert!(
+        got > 0 && got < 30,
+        "{got}/30 pings answered at 30% loss: {outp}"
+    );
 
     // Delay: 150 ms on b's port each way shows up in the round trip (lower bound only).
     switch
@@ -175,7 +189,9 @@ fn guests_talk_through_the_switch_and_feel_its_faults() {
     assert_eq!(ping(c, "a", 1).0, 0);
 
     let counters = switch.ports();
-    assert!(counters.iter().all(|p| p.counters.rx_frames > 0 && p.counters.drops > 0));
+    assert!(counters
+        .iter()
+        .all(|p| p.counters.rx_frames > 0 && p.counters.drops > 0));
     let _: PortId = pa;
     drop(guests);
     eprintln!("guest test took {:.1} s", t0.elapsed().as_secs_f64());

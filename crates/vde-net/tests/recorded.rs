@@ -16,7 +16,11 @@ fn decode(bytes: &[u8]) -> vmrig_vde_net::request::Request {
 fn qemu_request() {
     let req = decode(include_bytes!("data/qemu_request.bin"));
     assert_eq!(req.port, PortWish::Any);
-    assert!(req.sock_path.starts_with(b"/tmp/cap/."), "{:?}", String::from_utf8_lossy(&req.sock_path));
+    assert!(
+        req.sock_path.starts_with(b"/tmp/cap/."),
+        "{:?}",
+        String::from_utf8_lossy(&req.sock_path)
+    );
     assert!(req.description.starts_with("QEMU"), "{}", req.description);
 }
 
@@ -25,5 +29,9 @@ fn vde_plug_request() {
     let req = decode(include_bytes!("data/vde_plug_request.bin"));
     assert_eq!(req.port, PortWish::Any);
     assert!(req.sock_path.starts_with(b"/tmp/cap/."));
-    assert!(req.description.starts_with("vdeplug:"), "{}", req.description);
+    assert!(
+        req.description.starts_with("vdeplug:"),
+        "{}",
+        req.description
+    );
 }

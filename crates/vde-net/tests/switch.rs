@@ -259,12 +259,20 @@ async fn hostile_requests_are_rejected_and_others_still_served() {
         let outside = tempfile::tempdir().unwrap();
         let out_sock = outside.path().join("s");
         let _keep = std::os::unix::net::UnixDatagram::bind(&out_sock).unwrap();
-        assert!(!try_request(&dir, &request_bytes(out_sock.as_os_str().as_bytes()), false));
+        assert!(!try_request(
+            &dir,
+            &request_bytes(out_sock.as_os_str().as_bytes()),
+            false
+        ));
         let sneaky = format!("{}/../{}", dir.display(), "x");
         assert!(!try_request(&dir, &request_bytes(sneaky.as_bytes()), false));
         // A path in the directory that is not a socket.
         std::fs::write(dir.join("plain"), b"").unwrap();
-        assert!(!try_request(&dir, &request_bytes(dir.join("plain").as_os_str().as_bytes()), false));
+        assert!(!try_request(
+            &dir,
+            &request_bytes(dir.join("plain").as_os_str().as_bytes()),
+            false
+        ));
         std::fs::remove_file(dir.join("plain")).unwrap();
         // A flood of idle connections: the extra ones are closed at once, the rest
         // time out; afterwards a real client connects and passes traffic.
@@ -312,8 +320,11 @@ async fn other_users_are_refused() {
     let switch = Switch::start(o).await.unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(switch.dir().join("ctl"), std::fs::Permissions::from_mode(0o777))
-        .unwrap();
+    std::fs::set_permissions(
+        switch.dir().join("ctl"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
     let me = std::fs::metadata(switch.dir().join("ctl")).unwrap();
     use std::os::unix::fs::MetadataExt;
     if me.uid() != 0 {
@@ -324,7 +335,14 @@ async fn other_users_are_refused() {
         let dir = switch.dir().to_owned();
         move || {
             std::process::Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "timeout", "10", "vde_plug"])
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "timeout",
+                    "10",
+                    "vde_plug",
+                ])
                 .arg(&dir)
                 .stdin(std::process::Stdio::piped())
                 .status()
@@ -342,7 +360,16 @@ async fn unmodified_qemu_connects() {
     let tmp = tempfile::tempdir().unwrap();
     let switch = Switch::start(opts(&tmp)).await.unwrap();
     let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-S", "-display", "none", "-nodefaults", "-machine", "q35"])
+        .args([
+            "-accel",
+            "tcg",
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-machine",
+            "q35",
+        ])
         .arg("-netdev")
         .arg(format!("vde,id=v1,sock={}", switch.dir().display()))
         .args(["-device", "virtio-net-pci,netdev=v1,mac=52:54:00:12:01:01"])
