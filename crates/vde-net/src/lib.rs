@@ -50,6 +50,7 @@
 
 pub mod client;
 pub mod console;
+mod engine;
 pub mod error;
 pub mod mac_table;
 pub mod pcap;

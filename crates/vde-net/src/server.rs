@@ -9,17 +9,18 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::io::AsyncReadExt;
-use tokio::net::{UnixDatagram, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::engine::{Cmd, EngineHandle};
 use crate::error::{Error, Result};
 use crate::pcap;
 use crate::port::{LinkFaults, PortId, PortInfo};
@@ -60,37 +61,32 @@ impl SwitchOptions {
     }
 }
 
-/// Largest frame accepted from a client (jumbo frames included).
-const MAX_FRAME: usize = 9216;
-/// Frames read from one port before taking the lock to forward them.
-const BATCH: usize = 32;
-
-struct Capture {
-    path: PathBuf,
-    file: BufWriter<File>,
-    buf: BytesMut,
+pub(crate) struct Capture {
+    pub(crate) path: PathBuf,
+    pub(crate) file: BufWriter<File>,
+    pub(crate) buf: BytesMut,
 }
 
-struct State {
-    core: SwitchCore,
-    socks: Vec<Option<Arc<UnixDatagram>>>,
-    tasks: HashMap<PortId, Vec<AbortHandle>>,
-    capture: Option<Capture>,
-    rng: SmallRng,
-    deliveries: Vec<Delivery>,
+pub(crate) struct State {
+    pub(crate) core: SwitchCore,
+    data_paths: HashMap<PortId, PathBuf>,
+    pub(crate) capture: Option<Capture>,
+    pub(crate) rng: SmallRng,
+    pub(crate) deliveries: Vec<Delivery>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     dir: PathBuf,
     uid: u32,
     started: Instant,
     state: Mutex<State>,
     next_sock: AtomicU64,
     opts: SwitchOptions,
+    engine: std::sync::OnceLock<EngineHandle>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves counters at worst off by one frame:
         // keep serving rather than poisoning every later frame.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -154,15 +150,18 @@ impl Switch {
             started: Instant::now(),
             state: Mutex::new(State {
                 core: SwitchCore::new(opts.config.clone()),
-                socks: vec![None; max_ports + 1],
-                tasks: HashMap::new(),
+                data_paths: HashMap::new(),
                 capture: None,
                 rng: SmallRng::from_entropy(),
                 deliveries: Vec::new(),
             }),
             next_sock: AtomicU64::new(0),
             opts,
+            engine: std::sync::OnceLock::new(),
         });
+        let engine = EngineHandle::start(Arc::downgrade(&shared), max_ports)
+            .map_err(|e| Error::io("starting the switch's frame thread", e))?;
+        let _ = shared.engine.set(engine);
         let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
         let weak = Arc::downgrade(&shared);
         let ageing = tokio::spawn(async move {
@@ -325,20 +324,12 @@ impl Drop for Switch {
         for task in &self.background {
             task.abort();
         }
-        let mut state = self.shared.lock();
-        for (_, tasks) in state.tasks.drain() {
-            for t in tasks {
-                t.abort();
-            }
+        if let Some(engine) = self.shared.engine.get() {
+            engine.stop();
         }
-        for sock in state.socks.iter_mut() {
-            if let Some(sock) = sock.take() {
-                if let Ok(addr) = sock.local_addr() {
-                    if let Some(p) = addr.as_pathname() {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
-            }
+        let mut state = self.shared.lock();
+        for (_, path) in state.data_paths.drain() {
+            let _ = std::fs::remove_file(path);
         }
         if let Some(mut cap) = state.capture.take() {
             let _ = cap.file.flush();
@@ -353,7 +344,10 @@ impl Drop for Switch {
 
 async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
     let pending = Arc::new(Semaphore::new(shared.opts.max_pending));
+    // Connection tasks live in the set: aborting the accept loop aborts them all.
+    let mut conns = JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -383,7 +377,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match handshake(&shared, stream).await {
                 Ok(Some((port, ctl))) => {
                     drop(permit);
@@ -432,7 +426,14 @@ async fn handshake(
     let client = check_client_path(&shared.dir, shared.uid, &req)?;
     let (port, sock, data_path) = open_port(shared, &req, &client)?;
     let mut reply = BytesMut::new();
-    encode_reply(data_path.as_os_str().as_bytes(), &mut reply)?;
+    if let Err(e) = encode_reply(data_path.as_os_str().as_bytes(), &mut reply) {
+        close_port(shared, port);
+        return Err(e);
+    }
+    // The frame thread must know the port before the client can send to it.
+    if let Some(engine) = shared.engine.get() {
+        engine.send(Cmd::Add(port, sock));
+    }
     use tokio::io::AsyncWriteExt;
     if let Err(e) = ctl.write_all(&reply).await {
         close_port(shared, port);
@@ -443,8 +444,6 @@ async fn handshake(
         description = %req.description,
         "vde switch: port connected"
     );
-    let rx = tokio::spawn(pump(shared.clone(), port, sock)).abort_handle();
-    shared.lock().tasks.entry(port).or_default().push(rx);
     Ok(Some((port, ctl)))
 }
 
@@ -483,7 +482,7 @@ fn open_port(
     shared: &Arc<Shared>,
     req: &Request,
     client: &Path,
-) -> Result<(PortId, Arc<UnixDatagram>, PathBuf)> {
+) -> Result<(PortId, std::os::unix::net::UnixDatagram, PathBuf)> {
     let wish = match req.port {
         PortWish::Number(n) => Some(n),
         PortWish::Any | PortWish::Port0 => None,
@@ -493,7 +492,7 @@ fn open_port(
     let data_path = shared.dir.join(format!("p{}.{}", port.0, seq));
     let opened = (|| {
         let _ = std::fs::remove_file(&data_path);
-        let sock = UnixDatagram::bind(&data_path)
+        let sock = std::os::unix::net::UnixDatagram::bind(&data_path)
             .map_err(|e| Error::io(format!("binding data socket {}", data_path.display()), e))?;
         std::fs::set_permissions(&data_path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("setting mode of {}", data_path.display()), e))?;
@@ -504,12 +503,13 @@ fn open_port(
                 e,
             )
         })?;
+        sock.set_nonblocking(true)
+            .map_err(|e| Error::io(format!("setting {} non-blocking", data_path.display()), e))?;
         Ok(sock)
     })();
     match opened {
         Ok(sock) => {
-            let sock = Arc::new(sock);
-            shared.lock().socks[port.0 as usize] = Some(sock.clone());
+            shared.lock().data_paths.insert(port, data_path.clone());
             Ok((port, sock, data_path))
         }
         Err(e) => {
@@ -521,17 +521,16 @@ fn open_port(
 }
 
 fn close_port(shared: &Shared, port: PortId) {
-    let mut state = shared.lock();
-    state.core.remove_port(port);
-    if let Some(sock) = state.socks.get_mut(port.0 as usize).and_then(Option::take) {
-        if let Ok(addr) = sock.local_addr() {
-            if let Some(p) = addr.as_pathname() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
+    let path = {
+        let mut state = shared.lock();
+        state.core.remove_port(port);
+        state.data_paths.remove(&port)
+    };
+    if let Some(engine) = shared.engine.get() {
+        engine.send(Cmd::Remove(port));
     }
-    for t in state.tasks.remove(&port).unwrap_or_default() {
-        t.abort();
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -547,75 +546,4 @@ async fn serve_control(shared: Arc<Shared>, port: PortId, mut ctl: UnixStream) {
     }
     info!(port = port.0, "vde switch: port disconnected");
     close_port(&shared, port);
-}
-
-/// Reads frames from one port in batches and forwards them.
-async fn pump(shared: Arc<Shared>, port: PortId, sock: Arc<UnixDatagram>) {
-    let mut buf = vec![0u8; BATCH * MAX_FRAME];
-    let mut lens = [0usize; BATCH];
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let mut n = 0;
-        while n < BATCH {
-            match sock.try_recv(&mut buf[n * MAX_FRAME..(n + 1) * MAX_FRAME]) {
-                Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    // ECONNREFUSED: the client's socket went away; the control stream
-                    // closing will tear the port down.
-                    debug!(port = port.0, error = %e, "vde switch: receive failed");
-                    break;
-                }
-            }
-        }
-        if n == 0 {
-            continue;
-        }
-        let now = Instant::now();
-        let mut guard = shared.lock();
-        let state = &mut *guard;
-        for (i, &len) in lens[..n].iter().enumerate() {
-            let frame = &buf[i * MAX_FRAME..i * MAX_FRAME + len];
-            if let Some(cap) = state.capture.as_mut() {
-                pcap::encode_record(SystemTime::now(), frame, &mut cap.buf);
-                if let Err(e) = cap.file.write_all(&cap.buf) {
-                    warn!(path = %cap.path.display(), error = %e, "vde switch: capture stopped");
-                    state.capture = None;
-                } else {
-                    cap.buf.clear();
-                }
-            }
-            state
-                .core
-                .forward(port, frame, now, &mut state.rng, &mut state.deliveries);
-            for d in state.deliveries.iter() {
-                let Some(Some(target)) = state.socks.get(d.port.0 as usize) else {
-                    continue;
-                };
-                if d.delay.is_zero() {
-                    if target.try_send(frame).is_err() {
-                        state.core.note_send_failed(d.port, len);
-                    }
-                } else {
-                    let target = target.clone();
-                    let frame = frame.to_vec();
-                    let weak = Arc::downgrade(&shared);
-                    let (to, delay) = (d.port, d.delay);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        if target.try_send(&frame).is_err() {
-                            if let Some(shared) = weak.upgrade() {
-                                shared.lock().core.note_send_failed(to, frame.len());
-                            }
-                        }
-                    });
-                }
-            }
-        }
-    }
 }
