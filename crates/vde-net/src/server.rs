@@ -521,16 +521,17 @@ fn open_port(
 }
 
 fn close_port(shared: &Shared, port: PortId) {
-    let path = {
+    {
         let mut state = shared.lock();
+        // The socket file goes before the port does: whoever sees the port gone sees a
+        // clean directory.
+        if let Some(path) = state.data_paths.remove(&port) {
+            let _ = std::fs::remove_file(path);
+        }
         state.core.remove_port(port);
-        state.data_paths.remove(&port)
-    };
+    }
     if let Some(engine) = shared.engine.get() {
         engine.send(Cmd::Remove(port));
-    }
-    if let Some(path) = path {
-        let _ = std::fs::remove_file(path);
     }
 }
 
