@@ -503,6 +503,9 @@ fn open_port(
                 e,
             )
         })?;
+        // A deeper send queue rides out bursts a slow client cannot take at once
+        // (the kernel's per-receiver limit, net.unix.max_dgram_qlen, still applies).
+        let _ = socket2::SockRef::from(&sock).set_send_buffer_size(4 << 20);
         sock.set_nonblocking(true)
             .map_err(|e| Error::io(format!("setting {} non-blocking", data_path.display()), e))?;
         Ok(sock)
