@@ -18,7 +18,7 @@
 //!   so `vmrig vde-switch` can stand in for `vde_switch`.
 //!
 //! The core ([`request`], [`SwitchCore`], [`MacTable`], [`pcap`]) is sans-IO; tokio lives
-//! in `server` and `console`. Not supported: vde_switch's tagged VLANs inside one switch,
+//! in `server` and `console`; frames move on one dedicated epoll thread (`engine`). Not supported: vde_switch's tagged VLANs inside one switch,
 //! FSTP, remote management sockets, and the pre-v3 request formats.
 //!
 //! # Example

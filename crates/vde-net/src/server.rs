@@ -1,5 +1,6 @@
-//! The tokio adapter: control socket, handshakes, one datagram socket per port, and the
-//! frame pump feeding [`SwitchCore`].
+//! The tokio adapter: control socket, credential and request checks, one datagram socket
+//! per port (handed to the frame thread in `engine`), and the control API of a running
+//! switch.
 
 use std::collections::HashMap;
 use std::fs::File;
