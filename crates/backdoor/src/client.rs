@@ -42,6 +42,7 @@ pub struct Shell<S> {
     decoder: Decoder,
     next_nonce: u64,
     abandoned: VecDeque<u64>,
+    stray: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
@@ -66,6 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
             // left over from another session cannot match by accident.
             next_nonce: initial_nonce(),
             abandoned: VecDeque::new(),
+            stray: 0,
         }
     }
 
@@ -135,6 +137,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
             .await
     }
 
+    /// How many pieces of stray output (bytes outside any reply, broken
+    /// replies to commands nobody waits for, replies to commands this shell
+    /// did not send) were dropped so far. Each is also logged as a warning.
+    pub fn stray_count(&self) -> u64 {
+        self.stray
+    }
+
     /// The underlying stream.
     pub fn into_inner(self) -> S {
         self.io
@@ -170,6 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
                 }
                 Ok(Event::Reply(reply)) => {
                     if !self.forget(reply.nonce) {
+                        self.stray += 1;
                         tracing::warn!(
                             nonce = reply.nonce,
                             expected = nonce,
@@ -184,12 +194,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
                 }
                 Ok(Event::Ready { .. }) => {}
                 Err(Error::StrayOutput { bytes }) => {
+                    self.stray += 1;
                     tracing::warn!(%bytes, "stray output on the backdoor console, ignored");
                 }
                 Err(e) if e.nonce() == Some(nonce) => return Err(e),
                 Err(e) if e.nonce().is_some() => {
                     let other = e.nonce().unwrap_or_default();
                     if !self.forget(other) {
+                        self.stray += 1;
                         tracing::warn!(error = %e, "broken reply to another command, ignored");
                     }
                 }
