@@ -33,7 +33,9 @@ pub struct DecoderConfig {
     pub max_noise: usize,
     /// When true, output is handed out as it is decoded in
     /// [`Event::Output`] chunks and [`Reply::output`] is empty; when false
-    /// (default) the whole output comes in the [`Reply`].
+    /// (default) the whole output comes in the [`Reply`]. Chunks of a
+    /// reply that then turns out malformed have been handed out already: an
+    /// error with that reply's nonce means they are void.
     pub stream_output: bool,
 }
 
