@@ -84,7 +84,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
 
     async fn ready_by(&mut self, deadline: Instant, allowed: Duration) -> Result<Bytes> {
         while !self.decoder.is_ready() {
-            match self.next_event(deadline, allowed, "the backdoor shell to start").await? {
+            match self
+                .next_event(deadline, allowed, "the backdoor shell to start")
+                .await?
+            {
                 Event::Ready { noise, .. } => return Ok(noise),
                 ev => tracing::warn!(?ev, "backdoor event before the magic line"),
             }
@@ -167,10 +170,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
         }
     }
 
-    async fn reply_to(&mut self, nonce: u64, deadline: Instant, allowed: Duration) -> Result<Reply> {
+    async fn reply_to(
+        &mut self,
+        nonce: u64,
+        deadline: Instant,
+        allowed: Duration,
+    ) -> Result<Reply> {
         let mut streamed = BytesMut::new();
         loop {
-            match self.next_event(deadline, allowed, "a command's reply").await {
+            match self
+                .next_event(deadline, allowed, "a command's reply")
+                .await
+            {
                 Ok(Event::Reply(mut reply)) if reply.nonce == nonce => {
                     if !streamed.is_empty() {
                         reply.output = streamed.freeze();

@@ -173,16 +173,11 @@ impl Decoder {
         loop {
             match &mut self.state {
                 State::Magic { noise, noise_len } => {
-                    return Ok(decode_magic(
-                        noise,
-                        noise_len,
-                        self.config.max_noise,
-                        buf,
-                    )
-                    .map(|ev| {
+                    let ready = decode_magic(noise, noise_len, self.config.max_noise, buf);
+                    if ready.is_some() {
                         self.state = State::Idle;
-                        ev
-                    }));
+                    }
+                    return Ok(ready);
                 }
                 State::Idle => {
                     if !self.decode_idle(buf)? {
@@ -275,10 +270,7 @@ impl Decoder {
         };
         let mut err = None;
         if colon.is_some() && end % 4 != 0 {
-            err = Some(broken(
-                "base64 block length is not a multiple of 4",
-                data,
-            ));
+            err = Some(broken("base64 block length is not a multiple of 4", data));
         } else if !data.is_empty() {
             if *padded {
                 err = Some(broken("data after base64 padding", data));
@@ -611,7 +603,10 @@ mod tests {
         let evs = all(&mut dec, &input);
         assert_eq!(evs.len(), 3, "{evs:?}");
         assert!(evs[0].as_ref().unwrap_err().contains("\"stray line\\n\""));
-        assert!(evs[1].as_ref().unwrap_err().contains("\"#not a header\\n\""));
+        assert!(evs[1]
+            .as_ref()
+            .unwrap_err()
+            .contains("\"#not a header\\n\""));
         assert_eq!(evs[2], Ok(reply(5, 0, b"ok")));
     }
 
@@ -649,7 +644,10 @@ mod tests {
         let mut dec = Decoder::ready(DecoderConfig::default());
         let evs = all(&mut dec, b"#vmrig7:aGk=:0:8#\n");
         assert_eq!(evs.len(), 1);
-        assert!(evs[0].as_ref().unwrap_err().contains("#7 was closed as command #8"));
+        assert!(evs[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("#7 was closed as command #8"));
     }
 
     #[test]

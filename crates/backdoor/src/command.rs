@@ -212,7 +212,9 @@ mod tests {
     #[test]
     fn rejects_nul() {
         let mut b = BytesMut::new();
-        let err = Command::new(&b"echo a\0b"[..]).encode(1, &mut b).unwrap_err();
+        let err = Command::new(&b"echo a\0b"[..])
+            .encode(1, &mut b)
+            .unwrap_err();
         assert!(matches!(err, Error::NulInScript { offset: 6, .. }), "{err}");
         assert!(b.is_empty());
     }

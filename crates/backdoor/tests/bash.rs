@@ -76,7 +76,10 @@ async fn ready_shell() -> (Guest, Shell<UnixStream>) {
     let (guest, io) = Guest::start();
     let mut shell = Shell::new(io);
     let noise = shell.wait_ready(LONG).await.expect("magic line");
-    assert_eq!(&noise[..], b"[    0.000000] Linux version 6.1\r\nboot noise\n");
+    assert_eq!(
+        &noise[..],
+        b"[    0.000000] Linux version 6.1\r\nboot noise\n"
+    );
     (guest, shell)
 }
 
@@ -173,7 +176,9 @@ async fn semantics_spelled_out() {
     }
     // stderr went to the serial console
     assert!(guest.console().contains("err\n"), "{}", guest.console());
-    assert!(guest.console().contains("UNSET_VARIABLE_FOR_TEST: unbound variable"));
+    assert!(guest
+        .console()
+        .contains("UNSET_VARIABLE_FOR_TEST: unbound variable"));
 }
 
 #[tokio::test]
@@ -204,7 +209,11 @@ fn shell_quoted(s: &str) -> Vec<u8> {
 #[tokio::test]
 async fn check_return_and_check_output() {
     let (_guest, mut shell) = ready_shell().await;
-    let got = run(&mut shell, Command::new("echo out; exit 5").check_return(false)).await;
+    let got = run(
+        &mut shell,
+        Command::new("echo out; exit 5").check_return(false),
+    )
+    .await;
     assert_eq!((got.status, &got.output[..]), (-1, &b"out\n"[..]));
     assert_eq!(got.exit_status, Some(5));
     // NixOS leaves this reply unread and the next command reads it; here it
@@ -214,7 +223,10 @@ async fn check_return_and_check_output() {
         Command::new("sleep 0.2; echo ignored; exit 6").check_output(false),
     )
     .await;
-    assert_eq!((got.status, &got.output[..], got.exit_status), (-2, &b""[..], None));
+    assert_eq!(
+        (got.status, &got.output[..], got.exit_status),
+        (-2, &b""[..], None)
+    );
     let got = run(&mut shell, Command::new("echo next")).await;
     assert_eq!((got.status, &got.output[..]), (0, &b"next\n"[..]));
 }
@@ -261,38 +273,54 @@ async fn stray_output_between_commands_is_dropped() {
 #[tokio::test]
 async fn background_writer_never_corrupts_attribution() {
     let (guest, mut shell) = ready_shell().await;
+    let go = guest.dir.path().join("go");
     let done = guest.dir.path().join("done");
+    // The writer starts once this command's reply is in, so that only the
+    // commands below race with it.
     let got = run(
         &mut shell,
         Command::new(format!(
-            "(for i in $(seq 1 40); do echo \"stray $i\" > \"$HVC0\"; sleep 0.01; done; : > {}) >/dev/null 2>&1 &",
-            done.display()
+            "(while [ ! -e {go} ]; do sleep 0.02; done; for i in $(seq 1 40); do echo \"stray $i\" > \"$HVC0\"; sleep 0.01; done; : > {done}) >/dev/null 2>&1 &",
+            go = go.display(),
+            done = done.display()
         )),
     )
     .await;
     assert_eq!(got.status, 0);
-    let mut ok = 0;
+    std::fs::write(&go, b"").unwrap();
+    let (mut ok, mut rejected) = (0, 0);
     for i in 0..60 {
         match shell.run(&Command::new(format!("echo cmd{i}")), LONG).await {
             Ok(got) => {
-                assert_eq!((got.status, &got.output[..]), (0, format!("cmd{i}\n").as_bytes()));
+                assert_eq!(
+                    (got.status, &got.output[..]),
+                    (0, format!("cmd{i}\n").as_bytes())
+                );
                 ok += 1;
             }
             // Stray bytes inside this very reply: it is rejected, never
             // mistaken for output.
-            Err(Error::MalformedReply { .. } | Error::NonceMismatch { .. }) => {}
+            Err(Error::MalformedReply { .. } | Error::NonceMismatch { .. }) => rejected += 1,
             Err(e) => panic!("command {i}: {e}"),
         }
     }
     // Once the writer is done, everything is in order again.
     let deadline = std::time::Instant::now() + LONG;
     while !done.exists() {
-        assert!(std::time::Instant::now() < deadline, "writer never finished");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer never finished"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let got = run(&mut shell, Command::new("echo last")).await;
     assert_eq!(&got.output[..], b"last\n");
     assert!(ok > 0);
+    // The writer's lines were noticed, between replies or inside one.
+    assert!(
+        shell.stray_count() + rejected >= 1,
+        "the writer's output was not noticed"
+    );
 }
 
 #[tokio::test]
@@ -331,7 +359,10 @@ async fn guest_bytes_match_write_reply() {
         }
         // the magic line's own newline precedes the first reply
         let got = buf.strip_prefix(b"\n").unwrap_or(&buf);
-        assert_eq!(got.escape_ascii().to_string(), want.escape_ascii().to_string());
+        assert_eq!(
+            got.escape_ascii().to_string(),
+            want.escape_ascii().to_string()
+        );
         buf.clear();
     }
 }

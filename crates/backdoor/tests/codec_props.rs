@@ -31,11 +31,7 @@ fn noise() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// Cuts `input` at the given points and feeds the pieces one by one.
-fn feed(
-    config: DecoderConfig,
-    input: &[u8],
-    cuts: &[usize],
-) -> (Vec<Event>, usize, usize) {
+fn feed(config: DecoderConfig, input: &[u8], cuts: &[usize]) -> (Vec<Event>, usize, usize) {
     let mut dec = Decoder::with_config(config);
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     points.push(input.len());
