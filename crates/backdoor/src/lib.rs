@@ -80,6 +80,18 @@
 //! With the `tokio` feature, [`Shell`] does the same over a stream:
 //! `shell.wait_ready(t).await?` then `shell.run(&Command::new("true"), t).await?`.
 //!
+//! # Semantics kept from NixOS on purpose
+//!
+//! - A command's stdout is a pipe (not the console), its stdin is the
+//!   console itself: a command that reads stdin eats the lines sent after it,
+//!   exactly as under NixOS; give such commands `</dev/null`.
+//! - A command that leaves a background process holding its stdout (`foo &`)
+//!   does not return until that process exits, as under NixOS (`base64` waits
+//!   for the end of the pipe); redirect its output (`foo >/dev/null 2>&1 &`).
+//! - A background process that writes to `/dev/hvc0` *while* a reply is
+//!   being printed breaks that reply ([`Error::MalformedReply`]); between
+//!   replies its output is only dropped and counted ([`Shell::stray_count`]).
+//!
 //! # What this crate does not do
 //!
 //! It does not start VMs, open sockets or log the serial console: that is the
