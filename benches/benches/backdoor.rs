@@ -165,6 +165,8 @@ fn round_trip(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // tokio sockets are made inside the runtime
+    let _enter = rt.enter();
     let mut g = c.benchmark_group("backdoor/round_trip");
     g.sample_size(50).measurement_time(Duration::from_secs(8));
     for (name, script, len) in [
