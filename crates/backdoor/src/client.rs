@@ -101,7 +101,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Shell<S> {
     /// With a guest-side timeout set in `cmd`, give a larger `timeout` here
     /// so that the guest's 124 arrives. On a host-side timeout the reply is
     /// skipped when it arrives later. Without `check_output` the command is
-    /// only sent, and its reply skipped later.
+    /// only sent, and its reply skipped later. If this future is dropped
+    /// before the reply comes, the reply is dropped when it arrives, with a
+    /// warning, and counted in [`Shell::stray_count`].
     pub async fn run(&mut self, cmd: &Command, timeout: Duration) -> Result<Outcome> {
         let deadline = Instant::now() + timeout;
         self.ready_by(deadline, timeout).await?;
