@@ -19,6 +19,12 @@ const HEADER_TAG: &[u8] = b"#vmrig";
 const HEADER_MAX: usize = HEADER_TAG.len() + 20 + 1;
 /// `:` + 3 digits + `:` + 20 digits + `#\n`.
 const TRAILER_MAX: usize = 1 + 3 + 1 + 20 + 2;
+/// The guest wraps base64 lines at this width (`base64 -w 4092`): whole
+/// quartets per line, and 4093 is prime, so output the virtio console drops
+/// (QEMU drops console data when the host does not read in time) almost
+/// never leaves well-formed lines behind: any loss but a multiple of 4093
+/// bytes is detected.
+pub(crate) const LINE_WIDTH: usize = 4092;
 /// Stray output is reported in pieces of at most this many bytes.
 const STRAY_MAX: usize = 256;
 
@@ -92,8 +98,14 @@ enum State {
     Body {
         nonce: u64,
         out: BytesMut,
+        /// Output decoded so far (`out` is emptied when streaming).
         len: usize,
+        /// Characters of the current base64 line seen so far.
+        col: usize,
+        /// The last quartet seen had padding.
         padded: bool,
+        /// A short (or padded) line ended: only the trailer may follow.
+        last: bool,
     },
     /// After a reply's base64 block.
     Trailer { nonce: u64, out: BytesMut },
@@ -227,7 +239,9 @@ impl Decoder {
                         nonce,
                         out: BytesMut::new(),
                         len: 0,
+                        col: 0,
                         padded: false,
+                        last: false,
                     };
                     return Ok(true);
                 }
@@ -250,59 +264,112 @@ impl Decoder {
     }
 
     fn decode_body(&mut self, buf: &mut BytesMut) -> Result<BodyStep> {
+        let max_output = self.config.max_output;
         let State::Body {
             nonce,
             out,
             len,
+            col,
             padded,
+            last,
         } = &mut self.state
         else {
             return Ok(BodyStep::Done);
         };
         let nonce = *nonce;
-        let colon = memchr::memchr(b':', buf);
-        let end = colon.unwrap_or(buf.len() / 4 * 4);
-        let data = &buf[..end];
         let broken = |reason, bytes: &[u8]| Error::MalformedReply {
             nonce,
             reason,
-            bytes: Snippet::new(bytes),
+            bytes: Snippet::new(&bytes[..bytes.len().min(LINE_WIDTH + 1)]),
         };
-        let mut err = None;
-        if colon.is_some() && end % 4 != 0 {
-            err = Some(broken("base64 block length is not a multiple of 4", data));
-        } else if !data.is_empty() {
-            if *padded {
-                err = Some(broken("data after base64 padding", data));
-            } else {
+        let mut finished = false;
+        let step: Result<()> = loop {
+            if buf.is_empty() {
+                break Ok(());
+            }
+            if *col == 0 && buf[0] == b':' {
+                finished = true;
+                break Ok(());
+            }
+            if *col == 0 && *last {
+                break Err(broken(
+                    "data after a short base64 line: output was lost or mixed with other output",
+                    buf,
+                ));
+            }
+            let room = LINE_WIDTH - *col;
+            let window = &buf[..buf.len().min(room + 1)];
+            let newline = memchr::memchr(b'\n', window);
+            let take = match newline {
+                Some(i) => i,
+                None if window.len() > room => {
+                    break Err(broken(
+                        "base64 line too long: output was lost or mixed with other output",
+                        buf,
+                    ))
+                }
+                None => window.len() / 4 * 4,
+            };
+            if newline.is_some() && take % 4 != 0 {
+                break Err(broken(
+                    "base64 line length is not a multiple of 4: output was lost or mixed with other output",
+                    buf,
+                ));
+            }
+            if newline.is_some() && *col + take == 0 {
+                break Err(broken(
+                    "empty base64 line: output was lost or mixed with other output",
+                    buf,
+                ));
+            }
+            if take > 0 {
+                if *padded {
+                    break Err(broken("data after base64 padding", buf));
+                }
+                let data = &buf[..take];
                 let start = out.len();
-                out.resize(start + end / 4 * 3, 0);
+                out.resize(start + take / 4 * 3, 0);
                 match STANDARD.decode_slice(data, &mut out[start..]) {
                     Ok(n) => {
                         out.truncate(start + n);
                         *len += n;
-                        *padded = data[end - 1] == b'=';
-                        if *len > self.config.max_output {
-                            err = Some(Error::OutputTooLarge {
-                                nonce,
-                                limit: self.config.max_output,
-                            });
-                        }
+                        *padded = data[take - 1] == b'=';
                     }
                     Err(e) => {
-                        let at = base64_error_offset(&e).unwrap_or(0).min(data.len());
-                        err = Some(broken("invalid base64 data", &data[at..]));
+                        let at = base64_error_offset(&e).unwrap_or(0).min(take);
+                        break Err(broken("invalid base64 data", &buf[at..]));
+                    }
+                }
+                if *len > max_output {
+                    break Err(Error::OutputTooLarge {
+                        nonce,
+                        limit: max_output,
+                    });
+                }
+            }
+            match newline {
+                Some(_) => {
+                    // A short or padded line is the last one; only the
+                    // trailer may follow.
+                    *last = *col + take < LINE_WIDTH || *padded;
+                    *col = 0;
+                    buf.advance(take + 1);
+                }
+                None => {
+                    *col += take;
+                    buf.advance(take);
+                    if take == 0 {
+                        break Ok(());
                     }
                 }
             }
-        }
-        if let Some(err) = err {
-            // Leave the bytes after the valid prefix to the skipper, which
-            // stops at this reply's end or the next reply's header.
+        };
+        if let Err(err) = step {
+            // Leave the rest to the skipper, which stops at this reply's end
+            // or at the next reply's header.
             self.state = State::Skip;
             return Err(err);
         }
-        buf.advance(end);
         let chunk = if self.config.stream_output && !out.is_empty() {
             Some(Event::Output {
                 nonce,
@@ -311,14 +378,14 @@ impl Decoder {
         } else {
             None
         };
-        if colon.is_some() {
+        if finished {
             let out = std::mem::take(out);
             self.state = State::Trailer { nonce, out };
         }
-        Ok(match (chunk, colon) {
+        Ok(match (chunk, finished) {
             (Some(ev), _) => BodyStep::Chunk(ev),
-            (None, Some(_)) => BodyStep::Done,
-            (None, None) => BodyStep::Wait,
+            (None, true) => BodyStep::Done,
+            (None, false) => BodyStep::Wait,
         })
     }
 
@@ -499,16 +566,17 @@ pub fn write_reply(nonce: u64, status: u8, output: &[u8], dst: &mut BytesMut) {
     let mut num = NumBuf::default();
     let nonce = num.format(nonce);
     let b64_len = output.len().div_ceil(3) * 4;
-    dst.reserve(b64_len + 2 * nonce.len() + 16);
+    dst.reserve(b64_len + b64_len / LINE_WIDTH + 1 + 2 * nonce.len() + 16);
     dst.put_slice(HEADER_TAG);
     dst.put_slice(nonce);
     dst.put_u8(b':');
-    let start = dst.len();
-    dst.resize(start + b64_len, 0);
-    let n = STANDARD
-        .encode_slice(output, &mut dst[start..])
-        .unwrap_or(0);
-    dst.truncate(start + n);
+    for line in output.chunks(LINE_WIDTH / 4 * 3) {
+        let start = dst.len();
+        dst.resize(start + line.len().div_ceil(3) * 4, 0);
+        let n = STANDARD.encode_slice(line, &mut dst[start..]).unwrap_or(0);
+        dst.truncate(start + n);
+        dst.put_u8(b'\n');
+    }
     dst.put_u8(b':');
     let mut num2 = NumBuf::default();
     dst.put_slice(num2.format(u64::from(status)));
@@ -569,7 +637,7 @@ mod tests {
     fn wire_bytes_of_a_reply() {
         let mut b = BytesMut::new();
         write_reply(42, 1, b"hi\n", &mut b);
-        assert_eq!(&b[..], b"#vmrig42:aGkK:1:42#\n");
+        assert_eq!(&b[..], b"#vmrig42:aGkK\n:1:42#\n");
     }
 
     #[test]
@@ -615,7 +683,7 @@ mod tests {
         let mut dec = Decoder::ready(DecoderConfig::default());
         let mut input = b"#vmrig7:aGVs".to_vec();
         input.extend_from_slice(b"stray\n");
-        input.extend_from_slice(b"bG8K:0:7#\n");
+        input.extend_from_slice(b"bG8K\n:0:7#\n");
         let mut b = BytesMut::new();
         write_reply(8, 0, b"next", &mut b);
         input.extend_from_slice(&b);
@@ -640,9 +708,34 @@ mod tests {
     }
 
     #[test]
+    fn lost_console_output_is_detected() {
+        // QEMU drops virtio console data the host does not read in time;
+        // base64 of whole pages stays valid, the line structure does not.
+        let output: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut b = BytesMut::new();
+        write_reply(9, 0, &output, &mut b);
+        for (at, lost) in [
+            (5000, 4096),
+            (20, 3 * 4096),
+            (40_000, 12),
+            (9000, 4093 * 2 + 1),
+        ] {
+            let mut cut = b.clone();
+            let tail = cut.split_off(at);
+            cut.extend_from_slice(&tail[lost..]);
+            let mut dec = Decoder::ready(DecoderConfig::default());
+            let evs = all(&mut dec, &cut);
+            assert!(
+                matches!(&evs[..], [Err(e)] if e.contains("lost")),
+                "{at} {lost}: {evs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn nonce_mismatch() {
         let mut dec = Decoder::ready(DecoderConfig::default());
-        let evs = all(&mut dec, b"#vmrig7:aGk=:0:8#\n");
+        let evs = all(&mut dec, b"#vmrig7:aGk=\n:0:8#\n");
         assert_eq!(evs.len(), 1);
         assert!(evs[0]
             .as_ref()
@@ -653,13 +746,16 @@ mod tests {
     #[test]
     fn bad_trailers_and_headers() {
         for input in [
-            &b"#vmrig7:aGk=:256:7#\n"[..],
-            b"#vmrig7:aGk=:1:7#x",
-            b"#vmrig7:aGk=:1:123456789012345678901#\n",
-            b"#vmrig7:aGk=:x",
-            b"#vmrig7:aGk:0:7#\n",
-            b"#vmrig7:aGk=aGk=:0:7#\n",
-            b"#vmrig7:aGl=:0:7#\n",
+            &b"#vmrig7:aGk=\n:256:7#\n"[..],
+            b"#vmrig7:aGk=\n:1:7#x",
+            b"#vmrig7:aGk=\n:1:123456789012345678901#\n",
+            b"#vmrig7:aGk=\n:x",
+            b"#vmrig7:aGk=:0:7#\n",
+            b"#vmrig7:aGk=\n\n:0:7#\n",
+            b"#vmrig7:aGk=\naGk=\n:0:7#\n",
+            b"#vmrig7:aGk\n:0:7#\n",
+            b"#vmrig7:aGk=aGk=\n:0:7#\n",
+            b"#vmrig7:aGl=\n:0:7#\n",
         ] {
             let mut dec = Decoder::ready(DecoderConfig::default());
             let evs = all(&mut dec, input);

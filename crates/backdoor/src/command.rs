@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 
+use crate::codec::LINE_WIDTH;
 use crate::error::{Error, Result, Snippet};
 
 /// Status NixOS's `execute` reports when called with `check_return=False`.
@@ -83,7 +84,7 @@ impl Command {
     /// Appends the command line for reply number `nonce` to `dst`.
     ///
     /// The line is
-    /// `echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; SCRIPT' | base64 -w 0;echo ":${PIPESTATUS[0]}:N#"`
+    /// `echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; SCRIPT' | base64 -w 4092;echo ":${PIPESTATUS[0]}:N#"`
     /// followed by a newline, with the quoted part quoted like Python's
     /// `shlex.quote`. Fails only when the script contains a NUL byte.
     pub fn encode(&self, nonce: u64, dst: &mut BytesMut) -> Result<()> {
@@ -109,7 +110,9 @@ impl Command {
         body.extend_from_slice(b"set -euo pipefail; ");
         body.extend_from_slice(&self.script);
         shell_quote(&body, dst);
-        dst.put_slice(b" | base64 -w 0;echo \":${PIPESTATUS[0]}:");
+        dst.put_slice(b" | base64 -w ");
+        dst.put_slice(NumBuf::default().format(LINE_WIDTH as u64));
+        dst.put_slice(b";echo \":${PIPESTATUS[0]}:");
         dst.put_slice(nonce);
         dst.put_slice(b"#\"\n");
         Ok(())
@@ -195,7 +198,7 @@ mod tests {
         Command::new("echo 'hi'").encode(7, &mut b).unwrap();
         assert_eq!(
             &b[..],
-            &b"echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo '\"'\"'hi'\"'\"'' | base64 -w 0;echo \":${PIPESTATUS[0]}:7#\"\n"[..]
+            &b"echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo '\"'\"'hi'\"'\"'' | base64 -w 4092;echo \":${PIPESTATUS[0]}:7#\"\n"[..]
         );
         let mut b = BytesMut::new();
         Command::new("true")

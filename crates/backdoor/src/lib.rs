@@ -23,13 +23,15 @@
 //! vmrig sends one line per command, numbered with a nonce `N`:
 //!
 //! ```text
-//! echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; CMD' | base64 -w 0;echo ":${PIPESTATUS[0]}:N#"
+//! echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; CMD' | base64 -w 4092;echo ":${PIPESTATUS[0]}:N#"
 //! ```
 //!
-//! and the guest answers with one frame:
+//! and the guest answers with one frame: a header, the output in base64 lines
+//! of 4092 characters (the last one shorter) each closed by `\n`, and a
+//! trailer with the exit status:
 //!
 //! ```text
-//! #vmrigN:BASE64:STATUS:N#\n
+//! #vmrigN:LINE\nLINE\n...LAST\n:STATUS:N#\n
 //! ```
 //!
 //! The command runs exactly as under NixOS (same `bash -c` argument, quoted
@@ -43,13 +45,23 @@
 //! *inside* a frame using only base64 letters in multiples of 4 cannot be
 //! told apart; everything else is caught.
 //!
+//! Why lines: QEMU's `virtconsole` silently drops guest output that the host
+//! does not read in time (`hw/char/virtio-console.c` drops console data on
+//! `EAGAIN`; seen here as 4096-byte holes in a 10 MB reply on a loaded
+//! host). NixOS's `base64 -w 0` turns such a hole into silently shorter
+//! output whenever the hole is a multiple of 4 bytes. With fixed 4092-column
+//! lines (4093 with the newline, a prime), a hole leaves a line of the wrong
+//! length unless it is a multiple of 4093 bytes, and the reply is rejected
+//! with [`Error::MalformedReply`]. Readers should still drain the socket
+//! promptly and give it a large receive buffer.
+//!
 //! An example exchange (`>` host to guest, `<` guest to host):
 //!
 //! ```text
 //! < [    1.234] random console noise
 //! < Spawning backdoor root shell...\n
-//! > echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo hi; exit 3' | base64 -w 0;echo ":${PIPESTATUS[0]}:7#"\n
-//! < #vmrig7:aGkK:3:7#\n
+//! > echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo hi; exit 3' | base64 -w 4092;echo ":${PIPESTATUS[0]}:7#"\n
+//! < #vmrig7:aGkK\n:3:7#\n
 //! ```
 //!
 //! # Example
@@ -69,7 +81,7 @@
 //! let mut dec = Decoder::new();
 //! let mut buf = BytesMut::from(&b"[ 1.2] boot noise\nSpawning backdoor root she"[..]);
 //! assert_eq!(dec.decode(&mut buf)?, None);
-//! buf.extend_from_slice(b"ll...\n#vmrig7:aGkK:3:7#\n");
+//! buf.extend_from_slice(b"ll...\n#vmrig7:aGkK\n:3:7#\n");
 //! let Some(Event::Ready { noise, .. }) = dec.decode(&mut buf)? else { panic!() };
 //! assert_eq!(&noise[..], b"[ 1.2] boot noise\n");
 //! let Some(Event::Reply(reply)) = dec.decode(&mut buf)? else { panic!() };

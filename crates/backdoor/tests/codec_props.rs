@@ -14,7 +14,7 @@ struct Frame {
 }
 
 fn frame() -> impl Strategy<Value = Frame> {
-    (any::<u64>(), any::<u8>(), vec(any::<u8>(), 0..600)).prop_map(|(nonce, status, output)| {
+    (any::<u64>(), any::<u8>(), vec(any::<u8>(), 0..7000)).prop_map(|(nonce, status, output)| {
         Frame {
             nonce,
             status,
@@ -159,7 +159,7 @@ proptest! {
         // The script sits inside one single-quoted word: undoing the quoting
         // gives it back.
         let start = memchr::memmem::find(&line, b"bash -c '").unwrap() + 8;
-        let end = memchr::memmem::rfind(&line, b"' | base64 -w 0;").unwrap() + 1;
+        let end = memchr::memmem::rfind(&line, b"' | base64 -w 4092;").unwrap() + 1;
         let quoted = &line[start..end];
         let unquoted = unquote(quoted);
         prop_assert_eq!(unquoted, [&b"set -euo pipefail; "[..], &script].concat());
