@@ -19,12 +19,13 @@ const HEADER_TAG: &[u8] = b"#vmrig";
 const HEADER_MAX: usize = HEADER_TAG.len() + 20 + 1;
 /// `:` + 3 digits + `:` + 20 digits + `#\n`.
 const TRAILER_MAX: usize = 1 + 3 + 1 + 20 + 2;
-/// The guest wraps base64 lines at this width (`base64 -w 4092`): whole
-/// quartets per line, and 4093 is prime, so output the virtio console drops
-/// (QEMU drops console data when the host does not read in time) almost
-/// never leaves well-formed lines behind: any loss but a multiple of 4093
-/// bytes is detected.
-pub(crate) const LINE_WIDTH: usize = 4092;
+/// The guest wraps base64 lines at this width (`base64 -w 65532`, whole
+/// quartets per line). QEMU's virtconsole drops guest output the host does
+/// not read in time, a guest write (at most a page) at a time; a line
+/// spans many such writes, so a hole leaves a line of the wrong length and
+/// the reply is rejected. (With lines of one write each, e.g. 4092 columns,
+/// holes of exactly one line were seen to pass unnoticed.)
+pub(crate) const LINE_WIDTH: usize = 65532;
 /// Stray output is reported in pieces of at most this many bytes.
 const STRAY_MAX: usize = 256;
 

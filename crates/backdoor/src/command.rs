@@ -84,7 +84,7 @@ impl Command {
     /// Appends the command line for reply number `nonce` to `dst`.
     ///
     /// The line is
-    /// `echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; SCRIPT' | base64 -w 4092;echo ":${PIPESTATUS[0]}:N#"`
+    /// `echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; SCRIPT' | base64 -w 65532;echo ":${PIPESTATUS[0]}:N#"`
     /// followed by a newline, with the quoted part quoted like Python's
     /// `shlex.quote`. Fails only when the script contains a NUL byte.
     pub fn encode(&self, nonce: u64, dst: &mut BytesMut) -> Result<()> {
@@ -198,7 +198,7 @@ mod tests {
         Command::new("echo 'hi'").encode(7, &mut b).unwrap();
         assert_eq!(
             &b[..],
-            &b"echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo '\"'\"'hi'\"'\"'' | base64 -w 4092;echo \":${PIPESTATUS[0]}:7#\"\n"[..]
+            &b"echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo '\"'\"'hi'\"'\"'' | base64 -w 65532;echo \":${PIPESTATUS[0]}:7#\"\n"[..]
         );
         let mut b = BytesMut::new();
         Command::new("true")

@@ -23,11 +23,11 @@
 //! vmrig sends one line per command, numbered with a nonce `N`:
 //!
 //! ```text
-//! echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; CMD' | base64 -w 4092;echo ":${PIPESTATUS[0]}:N#"
+//! echo -n '#vmrigN:';[timeout T ]bash -c 'set -euo pipefail; CMD' | base64 -w 65532;echo ":${PIPESTATUS[0]}:N#"
 //! ```
 //!
 //! and the guest answers with one frame: a header, the output in base64 lines
-//! of 4092 characters (the last one shorter) each closed by `\n`, and a
+//! of 65532 characters (the last one shorter) each closed by `\n`, and a
 //! trailer with the exit status:
 //!
 //! ```text
@@ -47,20 +47,20 @@
 //!
 //! Why lines: QEMU's `virtconsole` silently drops guest output that the host
 //! does not read in time (`hw/char/virtio-console.c` drops console data on
-//! `EAGAIN`; seen here as 4096-byte holes in a 10 MB reply on a loaded
-//! host). NixOS's `base64 -w 0` turns such a hole into silently shorter
-//! output whenever the hole is a multiple of 4 bytes. With fixed 4092-column
-//! lines (4093 with the newline, a prime), a hole leaves a line of the wrong
-//! length unless it is a multiple of 4093 bytes, and the reply is rejected
-//! with [`Error::MalformedReply`]. Readers should still drain the socket
-//! promptly and give it a large receive buffer.
+//! `EAGAIN`; seen here as 4 KiB holes in 10 MB replies from a TCG guest on a
+//! loaded host). NixOS's `base64 -w 0` turns such a hole into silently
+//! shorter output whenever it is a multiple of 4 bytes. A hole inside a
+//! fixed-width line leaves a line of the wrong length, and the reply is
+//! rejected with [`Error::MalformedReply`]. Not caught: a hole that removes
+//! exactly the end of the output (the last, short line's tail) or exactly
+//! whole lines; so readers should also drain the socket promptly.
 //!
 //! An example exchange (`>` host to guest, `<` guest to host):
 //!
 //! ```text
 //! < [    1.234] random console noise
 //! < Spawning backdoor root shell...\n
-//! > echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo hi; exit 3' | base64 -w 4092;echo ":${PIPESTATUS[0]}:7#"\n
+//! > echo -n '#vmrig7:';bash -c 'set -euo pipefail; echo hi; exit 3' | base64 -w 65532;echo ":${PIPESTATUS[0]}:7#"\n
 //! < #vmrig7:aGkK\n:3:7#\n
 //! ```
 //!

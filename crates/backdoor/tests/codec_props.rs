@@ -159,7 +159,7 @@ proptest! {
         // The script sits inside one single-quoted word: undoing the quoting
         // gives it back.
         let start = memchr::memmem::find(&line, b"bash -c '").unwrap() + 8;
-        let end = memchr::memmem::rfind(&line, b"' | base64 -w 4092;").unwrap() + 1;
+        let end = memchr::memmem::rfind(&line, b"' | base64 -w 65532;").unwrap() + 1;
         let quoted = &line[start..end];
         let unquoted = unquote(quoted);
         prop_assert_eq!(unquoted, [&b"set -euo pipefail; "[..], &script].concat());
