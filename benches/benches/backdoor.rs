@@ -48,20 +48,26 @@ fn decode_streaming(wire: &[u8]) -> bytes::Bytes {
     panic!("no reply")
 }
 
-/// The baseline: gather the whole line, then decode it, then copy it out
-/// (what a read-until-newline-then-b64decode client does).
+/// The baseline: gather the whole reply, drop the newlines, decode it, then
+/// copy it out (what a read-it-all-then-b64decode client does).
 fn decode_naive(wire: &[u8]) -> Vec<u8> {
     let mut line = Vec::new();
     for chunk in wire.chunks(READ) {
         line.extend_from_slice(chunk);
-        if chunk.contains(&b'\n') {
+        if line.ends_with(b"#\n") {
             break;
         }
     }
     let start = line.iter().position(|&b| b == b':').unwrap() + 1;
-    let end = line[start..].iter().position(|&b| b == b':').unwrap() + start;
+    let end = line.iter().rposition(|&b| b == b':').unwrap();
+    let end = line[..end - 1].iter().rposition(|&b| b == b':').unwrap();
+    let text: Vec<u8> = line[start..end]
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\n')
+        .collect();
     let decoded = base64::engine::general_purpose::STANDARD
-        .decode(&line[start..end])
+        .decode(&text)
         .unwrap();
     let mut out = Vec::with_capacity(decoded.len());
     out.extend_from_slice(&decoded);
