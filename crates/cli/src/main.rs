@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod vde_switch;
+
 #[derive(Parser)]
 #[command(
     name = "vmrig",
@@ -22,6 +24,8 @@ enum Command {
     /// Build test guests and their start scripts.
     #[command(subcommand)]
     Guest(GuestCommand),
+    /// Run a VDE switch (a stand-in for vde2's vde_switch).
+    VdeSwitch(vde_switch::Args),
 }
 
 #[derive(Subcommand)]
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             kernel,
             cache_dir,
         }) => guest_build(definition, out, &accel, kernel, cache_dir),
+        Command::VdeSwitch(args) => vde_switch::run(args),
     }
 }
 

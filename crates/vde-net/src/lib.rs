@@ -1,4 +1,67 @@
 //! A VDE-compatible virtual Ethernet switch.
 //!
-//! This crate will hold the libvdeplug-compatible switch (see the
-//! `crates/vde-net` issue). It is empty until then.
+//! vmrig connects QEMU guests the way NixOS does, through VDE: each VLAN is a switch
+//! directory, and QEMU joins with `-netdev vde,sock=DIR` (libvdeplug). This crate is the
+//! switch side of libvdeplug's protocol, in-process, plus what tests of distributed
+//! systems need:
+//!
+//! - **wire compatibility**: control socket `DIR/ctl`, libvdeplug's `request_v3`
+//!   ([`request`]), one datagram socket per port, Ethernet frames as datagrams, the port
+//!   torn down when the control connection closes; hostile requests (bad magic, short
+//!   structs, paths outside the directory, other users, connection floods) are rejected
+//!   with a log line while everyone else keeps being served;
+//! - **switching** ([`SwitchCore`]): MAC learning with ageing, flooding, hub mode,
+//!   bounded ports, per-port counters, no reflection;
+//! - **test controls** on a running [`Switch`]: per-port and per-VLAN link down/up, loss,
+//!   delay with jitter, partitions, and pcap capture ([`pcap`]);
+//! - **standalone mode** ([`run_standalone`]): vde_switch's flags and management console,
+//!   so `vmrig vde-switch` can stand in for `vde_switch`.
+//!
+//! The core ([`request`], [`SwitchCore`], [`MacTable`], [`pcap`]) is sans-IO; tokio lives
+//! in `server` and `console`. Not supported: vde_switch's tagged VLANs inside one switch,
+//! FSTP, remote management sockets, and the pre-v3 request formats.
+//!
+//! # Example
+//!
+//! ```
+//! use vmrig_vde_net::{Switch, SwitchOptions, VdePlug};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let switch = Switch::start(SwitchOptions::new(dir.path().join("vlan1"))).await?;
+//! let sock = switch.dir().to_owned();
+//! // Two clients speaking libvdeplug's protocol (QEMU would do the same).
+//! let (a, b) = tokio::task::spawn_blocking(move || {
+//!     (VdePlug::connect(&sock, "a").unwrap(), VdePlug::connect(&sock, "b").unwrap())
+//! }).await?;
+//! let mut frame = vec![0xff; 6]; // broadcast
+//! frame.extend_from_slice(&[0x52, 0x54, 0, 0x12, 1, 1, 0x08, 0x00]);
+//! frame.resize(60, 0);
+//! assert_eq!(switch.ports().len(), 2);
+//! a.send(&frame)?;
+//! b.socket().set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! let mut buf = [0u8; 1600];
+//! let n = tokio::task::spawn_blocking(move || b.recv(&mut buf)).await??;
+//! assert_eq!(n, 60);
+//! assert_eq!(switch.ports()[0].counters.rx_frames, 1);
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod console;
+pub mod error;
+pub mod mac_table;
+pub mod pcap;
+pub mod port;
+pub mod request;
+pub mod server;
+pub mod switch;
+
+pub use client::VdePlug;
+pub use console::run_standalone;
+pub use error::{Error, Result};
+pub use mac_table::{Mac, MacTable};
+pub use port::{Counters, LinkFaults, PortId, PortInfo};
+pub use server::{Switch, SwitchOptions};
+pub use switch::{Delivery, SwitchConfig, SwitchCore};

@@ -1,0 +1,621 @@
+//! The tokio adapter: control socket, handshakes, one datagram socket per port, and the
+//! frame pump feeding [`SwitchCore`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixDatagram, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::pcap;
+use crate::port::{LinkFaults, PortId, PortInfo};
+use crate::request::{encode_reply, PortWish, Request, RequestDecoder, MAX_REQUEST_LEN};
+use crate::switch::{Delivery, SwitchConfig, SwitchCore};
+
+/// How to start a switch.
+#[derive(Debug, Clone)]
+pub struct SwitchOptions {
+    /// The switch directory: holds `ctl` and the port sockets. Created if missing.
+    pub dir: PathBuf,
+    /// Mode of the directory (vde_switch's `--dirmode`), 0700 by default.
+    pub dir_mode: u32,
+    /// Forwarding settings.
+    pub config: SwitchConfig,
+    /// How long a client may take to send its request.
+    pub handshake_timeout: Duration,
+    /// How many handshakes may be in progress at once; further connections are closed.
+    pub max_pending: usize,
+}
+
+impl SwitchOptions {
+    /// Defaults for a switch in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SwitchOptions {
+            dir: dir.into(),
+            dir_mode: 0o700,
+            config: SwitchConfig::default(),
+            handshake_timeout: Duration::from_secs(5),
+            max_pending: 64,
+        }
+    }
+
+    /// Sets hub mode.
+    pub fn hub(mut self, hub: bool) -> Self {
+        self.config.hub = hub;
+        self
+    }
+}
+
+/// Largest frame accepted from a client (jumbo frames included).
+const MAX_FRAME: usize = 9216;
+/// Frames read from one port before taking the lock to forward them.
+const BATCH: usize = 32;
+
+struct Capture {
+    path: PathBuf,
+    file: BufWriter<File>,
+    buf: BytesMut,
+}
+
+struct State {
+    core: SwitchCore,
+    socks: Vec<Option<Arc<UnixDatagram>>>,
+    tasks: HashMap<PortId, Vec<AbortHandle>>,
+    capture: Option<Capture>,
+    rng: SmallRng,
+    deliveries: Vec<Delivery>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    uid: u32,
+    started: Instant,
+    state: Mutex<State>,
+    next_sock: AtomicU64,
+    opts: SwitchOptions,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters at worst off by one frame:
+        // keep serving rather than poisoning every later frame.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running switch. Dropping it stops every task and removes its sockets.
+pub struct Switch {
+    shared: Arc<Shared>,
+    background: Vec<AbortHandle>,
+    created_dir: bool,
+}
+
+impl std::fmt::Debug for Switch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switch")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
+
+impl Switch {
+    /// Creates the directory and the control socket and starts serving on the current
+    /// tokio runtime.
+    pub async fn start(opts: SwitchOptions) -> Result<Switch> {
+        let created_dir = !opts.dir.exists();
+        std::fs::create_dir_all(&opts.dir).map_err(|e| {
+            Error::io(
+                format!("creating switch directory {}", opts.dir.display()),
+                e,
+            )
+        })?;
+        std::fs::set_permissions(&opts.dir, std::fs::Permissions::from_mode(opts.dir_mode))
+            .map_err(|e| Error::io(format!("setting mode of {}", opts.dir.display()), e))?;
+        let dir = opts
+            .dir
+            .canonicalize()
+            .map_err(|e| Error::io(format!("resolving {}", opts.dir.display()), e))?;
+        let ctl = dir.join("ctl");
+        if ctl.exists() {
+            if std::os::unix::net::UnixStream::connect(&ctl).is_ok() {
+                return Err(Error::io(
+                    format!("binding {}", ctl.display()),
+                    std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another switch is serving this directory",
+                    ),
+                ));
+            }
+            let _ = std::fs::remove_file(&ctl);
+        }
+        let listener = UnixListener::bind(&ctl)
+            .map_err(|e| Error::io(format!("binding {}", ctl.display()), e))?;
+        let uid = std::fs::metadata(&ctl)
+            .map_err(|e| Error::io(format!("reading owner of {}", ctl.display()), e))?
+            .uid();
+        let max_ports = opts.config.max_ports as usize;
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            uid,
+            started: Instant::now(),
+            state: Mutex::new(State {
+                core: SwitchCore::new(opts.config.clone()),
+                socks: vec![None; max_ports + 1],
+                tasks: HashMap::new(),
+                capture: None,
+                rng: SmallRng::from_entropy(),
+                deliveries: Vec::new(),
+            }),
+            next_sock: AtomicU64::new(0),
+            opts,
+        });
+        let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
+        let weak = Arc::downgrade(&shared);
+        let ageing = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else { return };
+                shared.lock().core.expire(Instant::now());
+            }
+        })
+        .abort_handle();
+        info!(dir = %dir.display(), hub = shared.opts.config.hub, "vde switch listening");
+        Ok(Switch {
+            shared,
+            background: vec![accept, ageing],
+            created_dir,
+        })
+    }
+
+    /// The switch directory (canonical), what `-netdev vde,sock=` and `vde_plug` take.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// How long the switch has been running.
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// Whether this switch is a hub.
+    pub fn is_hub(&self) -> bool {
+        self.shared.opts.config.hub
+    }
+
+    /// The ports in use, with counters and learned addresses.
+    pub fn ports(&self) -> Vec<PortInfo> {
+        self.shared.lock().core.ports()
+    }
+
+    /// The port a MAC address was learned on (a guest's NIC has a known MAC).
+    pub fn port_of(&self, mac: [u8; 6]) -> Option<PortId> {
+        self.shared.lock().core.port_of(&mac, Instant::now())
+    }
+
+    /// Sets every fault of one port at once.
+    pub fn set_port_faults(&self, port: PortId, faults: LinkFaults) -> Result<()> {
+        self.shared.lock().core.set_port_faults(port, faults)
+    }
+
+    /// The faults set on one port.
+    pub fn port_faults(&self, port: PortId) -> Result<LinkFaults> {
+        self.shared.lock().core.port_faults(port)
+    }
+
+    fn update_port(&self, port: PortId, f: impl FnOnce(&mut LinkFaults)) -> Result<()> {
+        let mut state = self.shared.lock();
+        let mut faults = state.core.port_faults(port)?;
+        f(&mut faults);
+        state.core.set_port_faults(port, faults)
+    }
+
+    fn update_vlan(&self, f: impl FnOnce(&mut LinkFaults)) -> Result<()> {
+        let mut state = self.shared.lock();
+        let mut faults = state.core.vlan_faults();
+        f(&mut faults);
+        state.core.set_vlan_faults(faults)
+    }
+
+    /// Brings one port's link up or down.
+    pub fn set_port_link(&self, port: PortId, up: bool) -> Result<()> {
+        self.update_port(port, |f| f.up = up)
+    }
+
+    /// Sets one port's random loss, in percent.
+    pub fn set_port_loss(&self, port: PortId, percent: f64) -> Result<()> {
+        self.update_port(port, |f| f.loss_percent = percent)
+    }
+
+    /// Sets one port's added delay and jitter.
+    pub fn set_port_delay(&self, port: PortId, delay: Duration, jitter: Duration) -> Result<()> {
+        self.update_port(port, |f| {
+            f.delay = delay;
+            f.jitter = jitter;
+        })
+    }
+
+    /// Brings the whole VLAN (this switch) up or down.
+    pub fn set_vlan_link(&self, up: bool) -> Result<()> {
+        self.update_vlan(|f| f.up = up)
+    }
+
+    /// Sets the VLAN-wide random loss, in percent.
+    pub fn set_vlan_loss(&self, percent: f64) -> Result<()> {
+        self.update_vlan(|f| f.loss_percent = percent)
+    }
+
+    /// Sets the VLAN-wide added delay and jitter.
+    pub fn set_vlan_delay(&self, delay: Duration, jitter: Duration) -> Result<()> {
+        self.update_vlan(|f| {
+            f.delay = delay;
+            f.jitter = jitter;
+        })
+    }
+
+    /// The VLAN-wide faults.
+    pub fn vlan_faults(&self) -> LinkFaults {
+        self.shared.lock().core.vlan_faults()
+    }
+
+    /// Splits ports into groups that cannot reach each other; ports in no group form
+    /// one more group. See [`SwitchCore::set_partition`].
+    pub fn partition(&self, groups: &[Vec<PortId>]) {
+        self.shared.lock().core.set_partition(groups);
+    }
+
+    /// Removes any partition.
+    pub fn heal(&self) {
+        self.shared.lock().core.set_partition(&[]);
+    }
+
+    /// Starts writing every frame the switch receives to a pcap file (replacing any
+    /// capture in progress).
+    pub fn start_capture(&self, path: &Path) -> Result<()> {
+        let file = File::create(path)
+            .map_err(|e| Error::io(format!("creating capture file {}", path.display()), e))?;
+        let mut buf = BytesMut::new();
+        pcap::encode_header(&mut buf);
+        let mut file = BufWriter::new(file);
+        file.write_all(&buf)
+            .map_err(|e| Error::io(format!("writing capture file {}", path.display()), e))?;
+        buf.clear();
+        let old = self.shared.lock().capture.replace(Capture {
+            path: path.to_owned(),
+            file,
+            buf,
+        });
+        if let Some(mut old) = old {
+            let _ = old.file.flush();
+        }
+        Ok(())
+    }
+
+    /// Stops the capture and flushes the file; returns its path.
+    pub fn stop_capture(&self) -> Result<Option<PathBuf>> {
+        let cap = self.shared.lock().capture.take();
+        match cap {
+            Some(mut cap) => {
+                cap.file.flush().map_err(|e| {
+                    Error::io(format!("flushing capture file {}", cap.path.display()), e)
+                })?;
+                Ok(Some(cap.path))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+        let mut state = self.shared.lock();
+        for (_, tasks) in state.tasks.drain() {
+            for t in tasks {
+                t.abort();
+            }
+        }
+        for sock in state.socks.iter_mut() {
+            if let Some(sock) = sock.take() {
+                if let Ok(addr) = sock.local_addr() {
+                    if let Some(p) = addr.as_pathname() {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+            }
+        }
+        if let Some(mut cap) = state.capture.take() {
+            let _ = cap.file.flush();
+        }
+        drop(state);
+        let _ = std::fs::remove_file(self.shared.dir.join("ctl"));
+        if self.created_dir {
+            let _ = std::fs::remove_dir(&self.shared.dir);
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let pending = Arc::new(Semaphore::new(shared.opts.max_pending));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "vde switch: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Credentials first: another user must not even hold a handshake slot.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == shared.uid => {}
+            Ok(cred) => {
+                warn!(dir = %shared.dir.display(), "vde switch: rejected client: {}", Error::ForeignUid { peer: cred.uid(), ours: shared.uid });
+                continue;
+            }
+            Err(e) => {
+                warn!(dir = %shared.dir.display(), error = %e, "vde switch: rejected client: cannot read peer credentials");
+                continue;
+            }
+        }
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            warn!(
+                dir = %shared.dir.display(),
+                "vde switch: too many handshakes in progress, closing a new connection"
+            );
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match handshake(&shared, stream).await {
+                Ok(Some((port, ctl))) => {
+                    drop(permit);
+                    serve_control(shared, port, ctl).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(dir = %shared.dir.display(), "vde switch: rejected client: {e}"),
+            }
+        });
+    }
+}
+
+/// Reads and checks the request, creates the port; returns it with the control stream.
+async fn handshake(
+    shared: &Arc<Shared>,
+    mut ctl: UnixStream,
+) -> Result<Option<(PortId, UnixStream)>> {
+    let timeout = shared.opts.handshake_timeout;
+    let mut buf = BytesMut::with_capacity(MAX_REQUEST_LEN);
+    let req = tokio::time::timeout(timeout, async {
+        loop {
+            let n = ctl
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| Error::io("reading vde request", e))?;
+            if n == 0 {
+                return match RequestDecoder.decode_eof(&mut buf)? {
+                    Some(req) => Ok(Some(req)),
+                    None => Ok(None),
+                };
+            }
+            if let Some(req) = RequestDecoder.decode(&mut buf)? {
+                return Ok(Some(req));
+            }
+            if buf.len() >= MAX_REQUEST_LEN {
+                buf.truncate(MAX_REQUEST_LEN);
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::Timeout(timeout))??;
+    let Some(req) = req else {
+        debug!("vde switch: client closed before sending a request");
+        return Ok(None);
+    };
+    let client = check_client_path(&shared.dir, shared.uid, &req)?;
+    let (port, sock, data_path) = open_port(shared, &req, &client)?;
+    let mut reply = BytesMut::new();
+    encode_reply(data_path.as_os_str().as_bytes(), &mut reply)?;
+    use tokio::io::AsyncWriteExt;
+    if let Err(e) = ctl.write_all(&reply).await {
+        close_port(shared, port);
+        return Err(Error::io("sending reply", e));
+    }
+    info!(
+        port = port.0,
+        description = %req.description,
+        "vde switch: port connected"
+    );
+    let rx = tokio::spawn(pump(shared.clone(), port, sock)).abort_handle();
+    shared.lock().tasks.entry(port).or_default().push(rx);
+    Ok(Some((port, ctl)))
+}
+
+/// The client's socket must be a socket of ours, directly inside the switch directory.
+fn check_client_path(dir: &Path, uid: u32, req: &Request) -> Result<PathBuf> {
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(&req.sock_path));
+    let outside = || Error::PathOutsideDir {
+        path: path.clone(),
+        dir: dir.to_owned(),
+    };
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || path.parent() != Some(dir)
+    {
+        return Err(outside());
+    }
+    let meta = std::fs::symlink_metadata(&path)
+        .map_err(|e| Error::io(format!("checking client socket {}", path.display()), e))?;
+    if !meta.file_type().is_socket() {
+        return Err(Error::BadPath(format!(
+            "{} is not a socket",
+            path.display()
+        )));
+    }
+    if meta.uid() != uid {
+        return Err(Error::ForeignUid {
+            peer: meta.uid(),
+            ours: uid,
+        });
+    }
+    Ok(path)
+}
+
+fn open_port(
+    shared: &Arc<Shared>,
+    req: &Request,
+    client: &Path,
+) -> Result<(PortId, Arc<UnixDatagram>, PathBuf)> {
+    let wish = match req.port {
+        PortWish::Number(n) => Some(n),
+        PortWish::Any | PortWish::Port0 => None,
+    };
+    let port = shared.lock().core.add_port(wish, &req.description)?;
+    let seq = shared.next_sock.fetch_add(1, Ordering::Relaxed);
+    let data_path = shared.dir.join(format!("p{}.{}", port.0, seq));
+    let opened = (|| {
+        let _ = std::fs::remove_file(&data_path);
+        let sock = UnixDatagram::bind(&data_path)
+            .map_err(|e| Error::io(format!("binding data socket {}", data_path.display()), e))?;
+        std::fs::set_permissions(&data_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("setting mode of {}", data_path.display()), e))?;
+        // Connect now: libvdeplug unlinks its socket as soon as it has our reply.
+        sock.connect(client).map_err(|e| {
+            Error::io(
+                format!("connecting to client socket {}", client.display()),
+                e,
+            )
+        })?;
+        Ok(sock)
+    })();
+    match opened {
+        Ok(sock) => {
+            let sock = Arc::new(sock);
+            shared.lock().socks[port.0 as usize] = Some(sock.clone());
+            Ok((port, sock, data_path))
+        }
+        Err(e) => {
+            shared.lock().core.remove_port(port);
+            let _ = std::fs::remove_file(&data_path);
+            Err(e)
+        }
+    }
+}
+
+fn close_port(shared: &Shared, port: PortId) {
+    let mut state = shared.lock();
+    state.core.remove_port(port);
+    if let Some(sock) = state.socks.get_mut(port.0 as usize).and_then(Option::take) {
+        if let Ok(addr) = sock.local_addr() {
+            if let Some(p) = addr.as_pathname() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    for t in state.tasks.remove(&port).unwrap_or_default() {
+        t.abort();
+    }
+}
+
+/// Waits for the control connection to close, then tears the port down.
+async fn serve_control(shared: Arc<Shared>, port: PortId, mut ctl: UnixStream) {
+    let mut sink = [0u8; 256];
+    loop {
+        match ctl.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            // libvdeplug sends nothing more; ignore anything that comes.
+            Ok(_) => {}
+        }
+    }
+    info!(port = port.0, "vde switch: port disconnected");
+    close_port(&shared, port);
+}
+
+/// Reads frames from one port in batches and forwards them.
+async fn pump(shared: Arc<Shared>, port: PortId, sock: Arc<UnixDatagram>) {
+    let mut buf = vec![0u8; BATCH * MAX_FRAME];
+    let mut lens = [0usize; BATCH];
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let mut n = 0;
+        while n < BATCH {
+            match sock.try_recv(&mut buf[n * MAX_FRAME..(n + 1) * MAX_FRAME]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ECONNREFUSED: the client's socket went away; the control stream
+                    // closing will tear the port down.
+                    debug!(port = port.0, error = %e, "vde switch: receive failed");
+                    break;
+                }
+            }
+        }
+        if n == 0 {
+            continue;
+        }
+        let now = Instant::now();
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        for (i, &len) in lens[..n].iter().enumerate() {
+            let frame = &buf[i * MAX_FRAME..i * MAX_FRAME + len];
+            if let Some(cap) = state.capture.as_mut() {
+                pcap::encode_record(SystemTime::now(), frame, &mut cap.buf);
+                if let Err(e) = cap.file.write_all(&cap.buf) {
+                    warn!(path = %cap.path.display(), error = %e, "vde switch: capture stopped");
+                    state.capture = None;
+                } else {
+                    cap.buf.clear();
+                }
+            }
+            state
+                .core
+                .forward(port, frame, now, &mut state.rng, &mut state.deliveries);
+            for d in state.deliveries.iter() {
+                let Some(Some(target)) = state.socks.get(d.port.0 as usize) else {
+                    continue;
+                };
+                if d.delay.is_zero() {
+                    if target.try_send(frame).is_err() {
+                        state.core.note_send_failed(d.port, len);
+                    }
+                } else {
+                    let target = target.clone();
+                    let frame = frame.to_vec();
+                    let weak = Arc::downgrade(&shared);
+                    let (to, delay) = (d.port, d.delay);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if target.try_send(&frame).is_err() {
+                            if let Some(shared) = weak.upgrade() {
+                                shared.lock().core.note_send_failed(to, frame.len());
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! End-to-end tests of the switch with real vde2 clients and our own libvdeplug client.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use vmrig_vde_net::request::{PortWish, Request};
+use vmrig_vde_net::{pcap, LinkFaults, Switch, SwitchOptions};
+
+fn opts(dir: &tempfile::TempDir) -> SwitchOptions {
+    SwitchOptions::new(dir.path().join("sw"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vde_plug_clients_pass_traffic_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let dir = switch.dir().to_owned();
+    let mut a = VdePlugProcess::start(&dir);
+    let mut b = VdePlugProcess::start(&dir);
+    eventually("two ports", || switch.ports().len() == 2).await;
+    assert!(switch.ports()[0].description.contains("vdeplug"));
+    let (got_b, got_a, _a, _b) = tokio::task::spawn_blocking(move || {
+        let f1 = frame(BCAST, mac(1), 1);
+        a.send(&f1);
+        let got_b = b.recv();
+        let f2 = frame(mac(1), mac(2), 2);
+        b.send(&f2);
+        let got_a = a.recv();
+        assert_eq!(got_b, f1);
+        assert_eq!(got_a, f2);
+        (got_b, got_a, a, b)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got_b.len(), 60);
+    assert_eq!(got_a.len(), 60);
+    // The two vde_plug processes race for port numbers: find them by address.
+    let pa = switch.port_of(mac(1)).expect("a's address learned");
+    let pb = switch.port_of(mac(2)).expect("b's address learned");
+    assert_ne!(pa, pb);
+    let ports = switch.ports();
+    let info = |p| ports.iter().find(|i| i.id == p).unwrap().counters;
+    assert_eq!((info(pa).rx_frames, info(pa).tx_frames), (1, 1));
+    assert_eq!((info(pb).rx_bytes, info(pb).tx_bytes), (60, 60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_are_torn_down_when_the_client_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let a = VdePlugProcess::start(switch.dir());
+    eventually("a port", || switch.ports().len() == 1).await;
+    drop(a);
+    eventually("no port", || switch.ports().is_empty()).await;
+    // Only the control socket is left in the directory.
+    let names: Vec<_> = std::fs::read_dir(switch.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("ctl")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learns_and_never_floods_known_unicast_or_reflects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let dir = switch.dir().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (a, b, c) = (plug(&dir, "a"), plug(&dir, "b"), plug(&dir, "c"));
+        // b and c announce themselves; a sees both.
+        b.send(&frame(BCAST, mac(2), 1)).unwrap();
+        assert_eq!(recv(&a)[11], 2);
+        assert_eq!(recv(&c)[11], 2);
+        c.send(&frame(BCAST, mac(3), 1)).unwrap();
+        assert_eq!(recv(&a)[11], 3);
+        assert_eq!(recv(&b)[11], 3);
+        // a -> b is known unicast: c must not see it. The broadcast a sends next is
+        // the first thing c receives (frames from one port keep their order).
+        a.send(&frame(mac(2), mac(1), 7)).unwrap();
+        a.send(&frame(BCAST, mac(1), 8)).unwrap();
+        assert_eq!(recv(&b)[20], 7);
+        assert_eq!(recv(&b)[20], 8);
+        assert_eq!(recv(&c)[20], 8, "c got a unicast frame meant for b");
+        // A frame to an address behind the sender's own port goes nowhere, and the
+        // sender never gets its own broadcast back.
+        a.send(&frame(mac(1), mac(1), 9)).unwrap();
+        b.send(&frame(BCAST, mac(2), 10)).unwrap();
+        assert_eq!(recv(&a)[20], 10, "a got its own frame back");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_mode_floods_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp).hub(true)).await.unwrap();
+    let dir = switch.dir().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (a, b, c) = (plug(&dir, "a"), plug(&dir, "b"), plug(&dir, "c"));
+        b.send(&frame(BCAST, mac(2), 1)).unwrap();
+        recv(&a);
+        recv(&c);
+        a.send(&frame(mac(2), mac(1), 5)).unwrap();
+        assert_eq!(recv(&b)[20], 5);
+        assert_eq!(recv(&c)[20], 5);
+    })
+    .await
+    .unwrap();
+    assert_eq!(switch.port_of(mac(2)), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_faults_change_at_run_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = std::sync::Arc::new(Switch::start(opts(&tmp)).await.unwrap());
+    let dir = switch.dir().to_owned();
+    let sw = switch.clone();
+    tokio::task::spawn_blocking(move || {
+        let (a, b, c) = (plug(&dir, "a"), plug(&dir, "b"), plug(&dir, "c"));
+        let ports: Vec<_> = sw.ports().iter().map(|p| p.id).collect();
+        let (pb, pc) = (ports[1], ports[2]);
+
+        // Port link down: b misses frame 1, c gets it; back up: b gets frame 2 first.
+        sw.set_port_link(pb, false).unwrap();
+        a.send(&frame(BCAST, mac(1), 1)).unwrap();
+        assert_eq!(recv(&c)[20], 1);
+        sw.set_port_link(pb, true).unwrap();
+        a.send(&frame(BCAST, mac(1), 2)).unwrap();
+        assert_eq!(recv(&b)[20], 2);
+        assert_eq!(recv(&c)[20], 2);
+        assert!(sw.ports()[1].counters.drops >= 1);
+
+        // VLAN down: nobody gets frame 3.
+        sw.set_vlan_link(false).unwrap();
+        let before = sw.ports()[0].counters.rx_frames;
+        a.send(&frame(BCAST, mac(1), 3)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sw.ports()[0].counters.rx_frames == before {
+            assert!(Instant::now() < deadline, "switch never saw frame 3");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sw.set_vlan_link(true).unwrap();
+        a.send(&frame(BCAST, mac(1), 4)).unwrap();
+        assert_eq!(recv(&b)[20], 4);
+        assert_eq!(recv(&c)[20], 4);
+
+        // 100% loss on c: only b gets frame 5.
+        sw.set_port_loss(pc, 100.0).unwrap();
+        a.send(&frame(BCAST, mac(1), 5)).unwrap();
+        assert_eq!(recv(&b)[20], 5);
+        sw.set_port_loss(pc, 0.0).unwrap();
+
+        // Partition {a}, {b, c}: b's frame reaches c only.
+        sw.partition(&[vec![ports[0]], vec![pb, pc]]);
+        b.send(&frame(BCAST, mac(2), 6)).unwrap();
+        assert_eq!(recv(&c)[20], 6);
+        sw.heal();
+        b.send(&frame(BCAST, mac(2), 7)).unwrap();
+        assert_eq!(recv(&a)[20], 7, "a saw a frame across the partition");
+        assert_eq!(recv(&c)[20], 7);
+
+        // Delay: a frame to c takes at least the delay (lower bound only).
+        sw.set_port_delay(pc, Duration::from_millis(300), Duration::from_millis(50))
+            .unwrap();
+        let t = Instant::now();
+        a.send(&frame(BCAST, mac(1), 8)).unwrap();
+        assert_eq!(recv(&c)[20], 8);
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert_eq!(recv(&b)[20], 8);
+        assert_eq!(
+            sw.port_faults(pc).unwrap(),
+            LinkFaults {
+                delay: Duration::from_millis(300),
+                jitter: Duration::from_millis(50),
+                ..LinkFaults::default()
+            }
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcap_capture_holds_every_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let file = tmp.path().join("vlan1.pcap");
+    switch.start_capture(&file).unwrap();
+    let dir = switch.dir().to_owned();
+    let sent = tokio::task::spawn_blocking(move || {
+        let (a, b) = (plug(&dir, "a"), plug(&dir, "b"));
+        let mut sent = Vec::new();
+        for i in 0..5u8 {
+            let mut f = frame(BCAST, mac(1), i);
+            f.resize(60 + i as usize * 100, i);
+            a.send(&f).unwrap();
+            assert_eq!(recv(&b), f);
+            sent.push(f);
+        }
+        sent
+    })
+    .await
+    .unwrap();
+    assert_eq!(switch.stop_capture().unwrap(), Some(file.clone()));
+    let records = pcap::parse(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(records.len(), 5);
+    for (r, f) in records.iter().zip(&sent) {
+        assert_eq!(&r.data, f);
+        assert_eq!(r.orig_len as usize, f.len());
+        assert!(r.time.as_secs() > 1_600_000_000);
+    }
+}
+
+fn request_bytes(sock_path: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    Request {
+        port: PortWish::Any,
+        sock_path: sock_path.to_vec(),
+        description: "hostile".into(),
+    }
+    .encode(&mut buf);
+    buf.to_vec()
+}
+
+/// Sends `bytes` on a fresh control connection; returns whether the switch replied.
+fn try_request(dir: &std::path::Path, bytes: &[u8], close_after: bool) -> bool {
+    let mut s = UnixStream::connect(dir.join("ctl")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    if close_after {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut reply = [0u8; 110];
+    matches!(s.read(&mut reply), Ok(n) if n > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_rejected_and_others_still_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(&tmp);
+    o.handshake_timeout = Duration::from_secs(1);
+    o.max_pending = 16;
+    let switch = Switch::start(o).await.unwrap();
+    let dir = switch.dir().to_owned();
+    let _plugs = tokio::task::spawn_blocking(move || {
+        // Bad magic.
+        assert!(!try_request(&dir, b"GET / HTTP/1.1\r\n\r\n", false));
+        // Truncated struct.
+        let good = request_bytes(dir.join(".x").as_os_str().as_bytes());
+        assert!(!try_request(&dir, &good[..60], true));
+        // Socket path outside the directory, and one escaping it with "..".
+        let outside = tempfile::tempdir().unwrap();
+        let out_sock = outside.path().join("s");
+        let _keep = std::os::unix::net::UnixDatagram::bind(&out_sock).unwrap();
+        assert!(!try_request(
+            &dir,
+            &request_bytes(out_sock.as_os_str().as_bytes()),
+            false
+        ));
+        let sneaky = format!("{}/../{}", dir.display(), "x");
+        assert!(!try_request(&dir, &request_bytes(sneaky.as_bytes()), false));
+        // A path in the directory that is not a socket.
+        std::fs::write(dir.join("plain"), b"").unwrap();
+        assert!(!try_request(
+            &dir,
+            &request_bytes(dir.join("plain").as_os_str().as_bytes()),
+            false
+        ));
+        std::fs::remove_file(dir.join("plain")).unwrap();
+        // A flood of idle connections: the extra ones are closed at once, the rest
+        // time out; afterwards a real client connects and passes traffic.
+        let flood: Vec<_> = (0..2000)
+            .filter_map(|_| UnixStream::connect(dir.join("ctl")).ok())
+            .collect();
+        assert!(flood.len() > 1000);
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(flood);
+        let a = plug(&dir, "a");
+        let b = plug(&dir, "b");
+        a.send(&frame(BCAST, mac(1), 1)).unwrap();
+        assert_eq!(recv(&b)[20], 1);
+        (a, b)
+    })
+    .await
+    .unwrap();
+    assert_eq!(switch.ports().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_ports_refuse_the_extra_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = opts(&tmp);
+    o.config.max_ports = 2;
+    let switch = Switch::start(o).await.unwrap();
+    let dir = switch.dir().to_owned();
+    let _plugs = tokio::task::spawn_blocking(move || {
+        let a = plug(&dir, "a");
+        let b = plug(&dir, "b");
+        assert!(vmrig_vde_net::VdePlug::connect(&dir, "c").is_err());
+        (a, b)
+    })
+    .await
+    .unwrap();
+    assert_eq!(switch.ports().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A world-writable directory, so only the credential check stands in the way.
+    let mut o = opts(&tmp);
+    o.dir_mode = 0o777;
+    let switch = Switch::start(o).await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        switch.dir().join("ctl"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let me = std::fs::metadata(switch.dir().join("ctl")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    if me.uid() != 0 {
+        eprintln!("skipping: needs root to run a client as another user");
+        return;
+    }
+    let status = tokio::task::spawn_blocking({
+        let dir = switch.dir().to_owned();
+        move || {
+            std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "timeout",
+                    "10",
+                    "vde_plug",
+                ])
+                .arg(&dir)
+                .stdin(std::process::Stdio::piped())
+                .status()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "vde_plug as nobody was let in");
+    assert!(switch.ports().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmodified_qemu_connects() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-S",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-machine",
+            "q35",
+        ])
+        .arg("-netdev")
+        .arg(format!("vde,id=v1,sock={}", switch.dir().display()))
+        .args(["-device", "virtio-net-pci,netdev=v1,mac=52:54:00:12:01:01"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("qemu-system-x86_64 is installed");
+    eventually("qemu's port", || switch.ports().len() == 1).await;
+    let desc = switch.ports()[0].description.clone();
+    assert!(desc.to_lowercase().contains("qemu"), "{desc}");
+    qemu.kill().await.unwrap();
+    eventually("qemu's port to go", || switch.ports().is_empty()).await;
+}
