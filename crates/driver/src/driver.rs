@@ -1,0 +1,308 @@
+//! The driver: one test run's machines, VLANs, state directory and cleanup.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmrig_vde_net::{Switch, SwitchOptions};
+
+use crate::error::{Error, Result};
+use crate::machine::{Machine, MachineConfig};
+
+/// What a run consists of (NixOS driver flags).
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// Start scripts; machine names come from `run-<name>-vm`.
+    pub start_scripts: Vec<PathBuf>,
+    /// VLAN numbers; one switch each.
+    pub vlans: Vec<u8>,
+    /// Output directory (screenshots, copied files, logs).
+    pub out_dir: PathBuf,
+    /// Keep the state directory after the run (`-K`).
+    pub keep_state: bool,
+    /// Bound for the whole run, and for commands without a timeout.
+    pub global_timeout: Duration,
+    /// Where the private run directory is made (default: `$XDG_RUNTIME_DIR` or the temp dir).
+    pub tmp_dir: Option<PathBuf>,
+}
+
+impl DriverOptions {
+    /// Options for these start scripts, with NixOS's defaults otherwise.
+    pub fn new(start_scripts: Vec<PathBuf>) -> Self {
+        DriverOptions {
+            start_scripts,
+            vlans: Vec::new(),
+            out_dir: PathBuf::from("."),
+            keep_state: false,
+            global_timeout: Duration::from_secs(3600),
+            tmp_dir: None,
+        }
+    }
+}
+
+/// A VLAN: an in-process VDE switch that `QEMU_VDE_SOCKET_<nr>` points at.
+pub struct VLan {
+    nr: u8,
+    switch: Switch,
+}
+
+impl VLan {
+    /// The VLAN number.
+    pub fn nr(&self) -> u8 {
+        self.nr
+    }
+
+    /// The switch directory (`QEMU_VDE_SOCKET_<nr>`).
+    pub fn socket_dir(&self) -> &Path {
+        self.switch.dir()
+    }
+
+    /// The switch, for link faults and capture.
+    pub fn switch(&self) -> &Switch {
+        &self.switch
+    }
+}
+
+/// A test run. Dropping it kills every machine, stops the switches and removes
+/// the state directory (unless `keep_state`).
+pub struct Driver {
+    // Declared first so machines and switches go before the runtime.
+    machines: Vec<Machine>,
+    vlans: Vec<VLan>,
+    run_dir: Option<tempfile::TempDir>,
+    opts: DriverOptions,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+/// The machine name NixOS derives from a start script: `run-(.+)-vm$`, else `machine`.
+pub fn machine_name(script: &Path) -> String {
+    let file = script
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.strip_prefix("run-")
+        .and_then(|rest| rest.strip_suffix("-vm"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or("machine")
+        .to_owned()
+}
+
+impl Driver {
+    /// Sets up a run: a private 0700 run directory (NixOS's fixed names let two
+    /// runs collide; these do not), one switch per VLAN, machines not started.
+    pub fn new(opts: DriverOptions) -> Result<Driver> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("vmrig-driver")
+            .build()
+            .map_err(|e| Error::Setup(format!("cannot start the async runtime: {e}")))?;
+        let base = opts
+            .tmp_dir
+            .clone()
+            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+            .unwrap_or_else(std::env::temp_dir);
+        let run_dir = tempfile::Builder::new()
+            .prefix("vmrig-")
+            .tempdir_in(&base)
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "cannot create a run directory in {}: {e}",
+                    base.display()
+                ))
+            })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(run_dir.path(), std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot make {} private: {e}",
+                        run_dir.path().display()
+                    ))
+                })?;
+        }
+        std::fs::create_dir_all(&opts.out_dir).map_err(|e| {
+            Error::Setup(format!(
+                "cannot create output directory {}: {e}",
+                opts.out_dir.display()
+            ))
+        })?;
+        let out_dir = std::path::absolute(&opts.out_dir).unwrap_or_else(|_| opts.out_dir.clone());
+
+        let mut vlans = Vec::new();
+        for &nr in &opts.vlans {
+            if vlans.iter().any(|v: &VLan| v.nr == nr) {
+                return Err(Error::Setup(format!("VLAN {nr} is listed twice")));
+            }
+            let dir = run_dir.path().join(format!("vde{nr}.ctl"));
+            let switch = rt
+                .block_on(Switch::start(SwitchOptions::new(&dir)))
+                .map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot start the switch of VLAN {nr} at {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            tracing::info!(vlan = nr, "VLAN {nr} switch at {}", dir.display());
+            vlans.push(VLan { nr, switch });
+        }
+
+        let shared_dir = run_dir.path().join("shared-xchg");
+        let mut machines: Vec<Machine> = Vec::new();
+        for script in &opts.start_scripts {
+            let name = machine_name(script);
+            if machines.iter().any(|m| m.name() == name) {
+                return Err(Error::Setup(format!(
+                    "two start scripts make a machine named `{name}`"
+                )));
+            }
+            if !script.is_file() {
+                return Err(Error::Setup(format!(
+                    "start script {} does not exist",
+                    script.display()
+                )));
+            }
+            let cfg = MachineConfig {
+                state_dir: run_dir.path().join(format!("vm-state-{name}")),
+                shared_dir: shared_dir.clone(),
+                out_dir: out_dir.clone(),
+                vde_sockets: vlans
+                    .iter()
+                    .map(|v| (v.nr, v.socket_dir().to_owned()))
+                    .collect(),
+                global_timeout: opts.global_timeout,
+                start_script: std::path::absolute(script).unwrap_or_else(|_| script.clone()),
+                name,
+            };
+            machines.push(Machine::new(cfg, rt.handle().clone()));
+        }
+        Ok(Driver {
+            machines,
+            vlans,
+            run_dir: Some(run_dir),
+            opts,
+            rt: Some(rt),
+        })
+    }
+
+    /// The machines, in start-script order.
+    pub fn machines(&self) -> &[Machine] {
+        &self.machines
+    }
+
+    /// A machine by name.
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.machines.iter().find(|m| m.name() == name)
+    }
+
+    /// The VLANs.
+    pub fn vlans(&self) -> &[VLan] {
+        &self.vlans
+    }
+
+    /// The private run directory (state directories, switch sockets, `shared-xchg`).
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir
+            .as_ref()
+            .expect("run dir lives as long as the driver")
+            .path()
+    }
+
+    /// The options of this run.
+    pub fn options(&self) -> &DriverOptions {
+        &self.opts
+    }
+
+    /// Starts every machine at once (NixOS's `start_all`).
+    pub fn start_all(&self) -> Result<()> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .machines
+                .iter()
+                .map(|m| s.spawn(move || m.start(false)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Setup("a start thread panicked".into())))
+                })
+                .collect::<Result<Vec<()>>>()
+        })
+        .map(drop)
+    }
+
+    /// Waits until every machine's QEMU has exited (NixOS's `join_all`).
+    pub fn join_all(&self) -> Result<()> {
+        for m in &self.machines {
+            m.wait_for_shutdown(self.opts.global_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Kills every machine, stops the switches, removes the run directory
+    /// unless `keep_state`. Idempotent; also done on drop.
+    pub fn cleanup(&mut self) {
+        for m in &self.machines {
+            m.kill();
+        }
+        self.vlans.clear();
+        if let Some(dir) = self.run_dir.take() {
+            if self.opts.keep_state {
+                let kept = dir.keep();
+                tracing::info!("kept the machine state in {}", kept.display());
+            }
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_like_nixos() {
+        assert_eq!(machine_name(Path::new("/x/bin/run-server-vm")), "server");
+        assert_eq!(machine_name(Path::new("/x/start")), "machine");
+    }
+
+    #[test]
+    fn bad_setups_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![dir.path().join("run-a-vm")]);
+        opts.out_dir = dir.path().join("out");
+        let e = Driver::new(opts.clone()).err().unwrap().to_string();
+        assert!(e.contains("run-a-vm does not exist"), "{e}");
+        opts.start_scripts.clear();
+        opts.vlans = vec![1, 1];
+        let e = Driver::new(opts).err().unwrap().to_string();
+        assert!(e.contains("VLAN 1 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn switches_live_in_a_private_run_dir_that_goes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![]);
+        opts.vlans = vec![1, 2];
+        opts.out_dir = dir.path().join("out");
+        opts.tmp_dir = Some(dir.path().to_owned());
+        let driver = Driver::new(opts).unwrap();
+        let run = driver.run_dir().to_owned();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(driver.vlans()[1].socket_dir().join("ctl").exists());
+        drop(driver);
+        assert!(!run.exists());
+    }
+}
