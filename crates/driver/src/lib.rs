@@ -26,18 +26,26 @@
 //! Machine methods block (as NixOS's do) on the driver's own tokio runtime:
 //! call them from ordinary threads, not from async code.
 //!
-//! Status: this is the first part of the driver issue. Lifecycle, the
-//! `execute` family, waits, console, monitor, QMP screenshots, links and file
-//! copies work; subtests and reports, polling conditions, OCR, keys, systemd
-//! helpers, TTY helpers, link faults and capture from scripts, the global
-//! timeout watchdog and signal handling are still to come.
+//! Status: the first part of the driver issue. Lifecycle, the `execute`
+//! family, waits, console, monitor, keys, QMP screenshots and events, links,
+//! port forwarding, file copies, and the command-based systemd, TTY and X11
+//! helpers work; subtests and reports (JUnit), polling conditions, OCR, link
+//! faults and capture from scripts, `create_machine`, the global-timeout
+//! watchdog and signal handling are still to come.
 
 mod console;
 mod driver;
 mod error;
+mod helpers;
+mod keys;
 mod machine;
+mod retry;
+mod systemd;
 
 pub use console::{Console, TAIL_LINES};
 pub use driver::{machine_name, Driver, DriverOptions, VLan};
 pub use error::{Error, Result};
+pub use keys::key_for;
 pub use machine::{vmrig_quote, Machine, MachineConfig, DEFAULT_TIMEOUT};
+pub use retry::retry;
+pub use systemd::{parse_property, parse_show};

@@ -73,6 +73,8 @@ struct Running {
     pid: u32,
     stdin: Option<ChildStdin>,
     shell: Shell<UnixStream>,
+    /// Set by `reboot()`: the guest prints the magic line again.
+    await_magic: bool,
     qmp: Qmp,
     monitor: BufReader<UnixStream>,
 }
@@ -136,11 +138,11 @@ impl Machine {
         &self.inner.console
     }
 
-    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+    pub(crate) fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.inner.rt.block_on(f)
     }
 
-    fn machine_error(&self, message: impl Into<String>) -> Error {
+    pub(crate) fn machine_error(&self, message: impl Into<String>) -> Error {
         Error::Machine {
             machine: self.name().to_owned(),
             message: message.into(),
@@ -148,7 +150,7 @@ impl Machine {
         }
     }
 
-    fn assertion(&self, message: impl Into<String>) -> Error {
+    pub(crate) fn assertion(&self, message: impl Into<String>) -> Error {
         Error::Assertion {
             machine: self.name().to_owned(),
             message: message.into(),
@@ -156,7 +158,7 @@ impl Machine {
         }
     }
 
-    fn timeout(&self, what: impl Into<String>, timeout: Duration) -> Error {
+    pub(crate) fn timeout(&self, what: impl Into<String>, timeout: Duration) -> Error {
         Error::Timeout {
             machine: self.name().to_owned(),
             what: what.into(),
@@ -290,6 +292,7 @@ impl Machine {
             child,
             pid,
             shell: Shell::new(shell),
+            await_magic: false,
             qmp,
             monitor,
         });
@@ -331,6 +334,12 @@ impl Machine {
         let r = running
             .as_mut()
             .ok_or_else(|| self.machine_error("the machine stopped while connecting"))?;
+        if std::mem::take(&mut r.await_magic) {
+            // After a reboot the same socket carries a new backdoor: start over.
+            let (spare, _) = UnixStream::pair().map_err(|e| self.machine_error(e.to_string()))?;
+            let old = std::mem::replace(&mut r.shell, Shell::ready(spare));
+            r.shell = Shell::new(old.into_inner());
+        }
         let started = Instant::now();
         r.shell
             .wait_ready(BOOT_TIMEOUT)
@@ -763,6 +772,50 @@ impl Machine {
         copy_recursively(&staging.path().join(&base), &dest)
             .map_err(|e| self.machine_error(format!("copy_from_machine {source}: {e}")))?;
         Ok(dest)
+    }
+
+    /// Fills in the machine and console of an assertion made without them (by [`crate::retry`]).
+    pub(crate) fn with_machine(&self, e: Error) -> Error {
+        match e {
+            Error::Assertion {
+                machine, message, ..
+            } if machine.is_empty() => self.assertion(message),
+            other => other,
+        }
+    }
+
+    /// After a reboot: the next command waits for the backdoor again.
+    pub(crate) fn mark_disconnected(&self) {
+        self.inner.connected.store(false, Ordering::SeqCst);
+        self.block(async {
+            if let Some(r) = self.inner.running.lock().await.as_mut() {
+                r.await_magic = true;
+            }
+        });
+    }
+
+    /// Waits for a QMP event that `filter` accepts (NixOS's `wait_for_qmp_event`).
+    pub fn wait_for_qmp_event(
+        &self,
+        filter: impl FnMut(&vmrig_qmp::Event) -> bool,
+        timeout: Duration,
+    ) -> Result<vmrig_qmp::Event> {
+        self.block(async {
+            let qmp = {
+                let running = self.inner.running.lock().await;
+                running.as_ref().map(|r| r.qmp.clone()).ok_or_else(|| {
+                    self.machine_error("wait_for_qmp_event: the machine is not running")
+                })?
+            };
+            qmp.wait_for_event(filter, timeout)
+                .await
+                .map_err(|e| match e {
+                    vmrig_qmp::Error::EventTimeout { .. } => {
+                        self.timeout("waiting for a QMP event", timeout)
+                    }
+                    other => self.machine_error(format!("wait_for_qmp_event: {other}")),
+                })
+        })
     }
 
     /// Kills QEMU at once (used at the end of a run, on errors and interrupts).

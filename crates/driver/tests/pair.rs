@@ -129,9 +129,59 @@ fn pair_through_the_driver() {
     assert_eq!(back, result.path().join("out/copied/hostname"));
     assert_eq!(std::fs::read_to_string(back).unwrap(), "server\n");
 
-    // Power: crash() and shutdown().
+    // Host port forwarding to the guest's service, over the user-mode NIC.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    server.forward_port(port, 8080).unwrap();
+    let mut reply = String::new();
+    for _ in 0..50 {
+        use std::io::Read;
+        reply.clear();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.read_to_string(&mut reply);
+            if !reply.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(reply, "server\n");
+
+    // Virtual consoles, unix sockets, QMP events.
+    server
+        .succeed(&["echo tty-text-check > /dev/tty2"], None)
+        .unwrap();
+    server
+        .wait_until_tty_matches("2", "tty-text-check", Duration::from_secs(30))
+        .unwrap();
+    assert!(server.get_tty_text("2").unwrap().contains("tty-text-check"));
+    server
+        .succeed(&["(nc -lkU /tmp/test.sock >/dev/null 2>&1 &)"], None)
+        .unwrap();
+    server
+        .wait_for_open_unix_socket("/tmp/test.sock", false, Duration::from_secs(30))
+        .unwrap();
+    server.send_monitor_command("stop").unwrap();
+    let stop = server
+        .wait_for_qmp_event(|e| e.event == "STOP", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(stop.event, "STOP");
+    server.send_monitor_command("cont").unwrap();
+
+    // Power: crash(), a start that allows reboots, reboot(), shutdown().
     client.crash().unwrap();
     assert!(!client.is_up());
+    client.start(true).unwrap();
+    client.succeed(&["touch /tmp/before-reboot"], None).unwrap();
+    client.reboot().unwrap();
+    assert!(!client.is_connected());
+    client.fail(&["test -e /tmp/before-reboot"], None).unwrap();
+    assert_eq!(client.succeed(&["hostname"], None).unwrap(), "client\n");
+    client.crash().unwrap();
     server.shutdown().unwrap();
     assert!(!server.is_booted());
     driver.cleanup();
