@@ -7,6 +7,7 @@ use vmrig_vde_net::{Switch, SwitchOptions};
 
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineConfig};
+use crate::report::{junit_xml, SubtestResult};
 
 /// What a run consists of (NixOS driver flags).
 #[derive(Debug, Clone)]
@@ -70,7 +71,63 @@ pub struct Driver {
     vlans: Vec<VLan>,
     run_dir: Option<tempfile::TempDir>,
     opts: DriverOptions,
+    subtests: std::sync::Mutex<SubtestState>,
+    watchdog: Option<Watchdog>,
     rt: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Default)]
+struct SubtestState {
+    stack: Vec<String>,
+    results: Vec<SubtestResult>,
+}
+
+/// Kills every machine when the global timeout passes.
+struct Watchdog {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(machines: Vec<Machine>, timeout: Duration) -> Watchdog {
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop2, fired2) = (stop.clone(), fired.clone());
+        let thread = std::thread::Builder::new()
+            .name("vmrig-watchdog".into())
+            .spawn(move || {
+                let (lock, cvar) = &*stop2;
+                let guard = lock.lock().expect("watchdog lock");
+                let (guard, result) = cvar
+                    .wait_timeout_while(guard, timeout, |stopped| !*stopped)
+                    .expect("watchdog lock");
+                if result.timed_out() && !*guard {
+                    fired2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(
+                        "global timeout of {} s reached: stopping every machine",
+                        timeout.as_secs()
+                    );
+                    for m in &machines {
+                        m.kill();
+                    }
+                }
+            })
+            .expect("spawn the watchdog thread");
+        Watchdog {
+            stop,
+            fired,
+            thread: Some(thread),
+        }
+    }
+
+    fn disarm(&mut self) {
+        *self.stop.0.lock().expect("watchdog lock") = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The machine name NixOS derives from a start script: `run-(.+)-vm$`, else `machine`.
@@ -175,11 +232,14 @@ impl Driver {
             };
             machines.push(Machine::new(cfg, rt.handle().clone()));
         }
+        let watchdog = Some(Watchdog::start(machines.clone(), opts.global_timeout));
         Ok(Driver {
             machines,
             vlans,
             run_dir: Some(run_dir),
             opts,
+            subtests: std::sync::Mutex::new(SubtestState::default()),
+            watchdog,
             rt: Some(rt),
         })
     }
@@ -239,9 +299,71 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether the global timeout passed (and every machine was stopped).
+    pub fn timed_out(&self) -> bool {
+        self.watchdog
+            .as_ref()
+            .is_some_and(|w| w.fired.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Runs `f` as a named subtest (nested in the current one, if any):
+    /// logged with its duration, recorded for the JUnit report, its error
+    /// passed on. A global timeout turns any error into one that says so.
+    pub fn subtest<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let full = {
+            let mut st = self.subtests.lock().expect("subtest lock");
+            st.stack.push(name.to_owned());
+            st.stack.join(" / ")
+        };
+        let span = tracing::info_span!("subtest", name = %full);
+        let start = std::time::Instant::now();
+        let result = span.in_scope(f);
+        let result = match result {
+            Err(e) if self.timed_out() => Err(Error::Setup(format!(
+                "global timeout of {} s reached during subtest `{full}`; every machine was stopped ({e})",
+                self.opts.global_timeout.as_secs()
+            ))),
+            other => other,
+        };
+        let duration = start.elapsed();
+        match &result {
+            Ok(_) => tracing::info!("subtest `{full}` passed in {:.2} s", duration.as_secs_f64()),
+            Err(e) => tracing::error!(
+                "subtest `{full}` failed after {:.2} s: {e}",
+                duration.as_secs_f64()
+            ),
+        }
+        let mut st = self.subtests.lock().expect("subtest lock");
+        st.stack.pop();
+        st.results.push(SubtestResult {
+            name: full,
+            duration,
+            failure: result.as_ref().err().map(|e| e.to_string()),
+        });
+        result
+    }
+
+    /// The subtests run so far, in the order they finished.
+    pub fn subtest_results(&self) -> Vec<SubtestResult> {
+        self.subtests.lock().expect("subtest lock").results.clone()
+    }
+
+    /// Writes the subtests as JUnit XML.
+    pub fn write_junit(&self, path: &Path, suite: &str) -> Result<()> {
+        std::fs::write(path, junit_xml(suite, &self.subtest_results())).map_err(|e| {
+            Error::Setup(format!(
+                "cannot write the JUnit report {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
     /// Kills every machine, stops the switches, removes the run directory
     /// unless `keep_state`. Idempotent; also done on drop.
     pub fn cleanup(&mut self) {
+        if let Some(w) = self.watchdog.as_mut() {
+            w.disarm();
+        }
         for m in &self.machines {
             m.kill();
         }
@@ -285,6 +407,58 @@ mod tests {
         opts.vlans = vec![1, 1];
         let e = Driver::new(opts).err().unwrap().to_string();
         assert!(e.contains("VLAN 1 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn subtests_nest_and_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![]);
+        opts.out_dir = dir.path().join("out");
+        let driver = Driver::new(opts).unwrap();
+        let r: Result<()> = driver.subtest("outer", || {
+            driver.subtest("inner ok", || Ok(()))?;
+            driver.subtest("inner bad", || Err(Error::Setup("broken".into())))
+        });
+        assert!(r.is_err());
+        let names: Vec<_> = driver
+            .subtest_results()
+            .into_iter()
+            .map(|r| (r.name, r.failure.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("outer / inner ok".to_owned(), false),
+                ("outer / inner bad".into(), true),
+                ("outer".into(), true)
+            ]
+        );
+        let junit = dir.path().join("junit.xml");
+        driver.write_junit(&junit, "suite").unwrap();
+        assert!(std::fs::read_to_string(junit)
+            .unwrap()
+            .contains("failures=\"2\""));
+    }
+
+    #[test]
+    fn global_timeout_fires_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![]);
+        opts.out_dir = dir.path().join("out");
+        opts.global_timeout = Duration::from_millis(200);
+        let driver = Driver::new(opts).unwrap();
+        let e = driver
+            .subtest("slow", || {
+                std::thread::sleep(Duration::from_millis(800));
+                Err::<(), _>(Error::Setup("interrupted".into()))
+            })
+            .unwrap_err();
+        assert!(driver.timed_out());
+        assert!(
+            e.to_string()
+                .contains("global timeout of 0 s reached during subtest `slow`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,9 +29,9 @@
 //! Status: the first part of the driver issue. Lifecycle, the `execute`
 //! family, waits, console, monitor, keys, QMP screenshots and events, links,
 //! port forwarding, file copies, and the command-based systemd, TTY and X11
-//! helpers work; subtests and reports (JUnit), polling conditions, OCR, link
-//! faults and capture from scripts, `create_machine`, the global-timeout
-//! watchdog and signal handling are still to come.
+//! helpers, subtests with a JUnit report and the global-timeout watchdog
+//! work; polling conditions, OCR, link faults and capture from scripts,
+//! `create_machine` and signal handling are still to come.
 
 mod console;
 mod driver;
@@ -39,6 +39,7 @@ mod error;
 mod helpers;
 mod keys;
 mod machine;
+mod report;
 mod retry;
 mod systemd;
 
@@ -47,5 +48,6 @@ pub use driver::{machine_name, Driver, DriverOptions, VLan};
 pub use error::{Error, Result};
 pub use keys::key_for;
 pub use machine::{vmrig_quote, Machine, MachineConfig, DEFAULT_TIMEOUT};
+pub use report::{junit_xml, SubtestResult};
 pub use retry::retry;
 pub use systemd::{parse_property, parse_show};
