@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use vmrig_vde_net::{Switch, SwitchOptions};
 
+use std::sync::{Arc, RwLock};
+
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineConfig};
+use crate::polling::{Conditions, PollingCondition};
 use crate::report::{junit_xml, SubtestResult};
 
 /// What a run consists of (NixOS driver flags).
@@ -24,6 +27,11 @@ pub struct DriverOptions {
     pub global_timeout: Duration,
     /// Where the private run directory is made (default: `$XDG_RUNTIME_DIR` or the temp dir).
     pub tmp_dir: Option<PathBuf>,
+    /// How long a machine's backdoor may take to appear (default 300 s, as NixOS).
+    pub boot_timeout: Duration,
+    /// On SIGINT or SIGTERM: kill every machine, remove the run directory and
+    /// exit (130 or 143). On by default; turn off to handle signals yourself.
+    pub handle_signals: bool,
 }
 
 impl DriverOptions {
@@ -36,6 +44,8 @@ impl DriverOptions {
             keep_state: false,
             global_timeout: Duration::from_secs(3600),
             tmp_dir: None,
+            boot_timeout: crate::machine::BOOT_TIMEOUT,
+            handle_signals: true,
         }
     }
 }
@@ -43,7 +53,8 @@ impl DriverOptions {
 /// A VLAN: an in-process VDE switch that `QEMU_VDE_SOCKET_<nr>` points at.
 pub struct VLan {
     nr: u8,
-    switch: Switch,
+    switch: Arc<Switch>,
+    out_dir: PathBuf,
 }
 
 impl VLan {
@@ -61,13 +72,20 @@ impl VLan {
     pub fn switch(&self) -> &Switch {
         &self.switch
     }
+
+    /// Where captures go.
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
 }
 
 /// A test run. Dropping it kills every machine, stops the switches and removes
 /// the state directory (unless `keep_state`).
 pub struct Driver {
     // Declared first so machines and switches go before the runtime.
-    machines: Vec<Machine>,
+    machines: Arc<RwLock<Vec<Machine>>>,
+    out_dir: PathBuf,
+    conditions: Conditions,
     vlans: Vec<VLan>,
     run_dir: Option<tempfile::TempDir>,
     opts: DriverOptions,
@@ -84,15 +102,15 @@ struct SubtestState {
 
 /// Kills every machine when the global timeout passes.
 struct Watchdog {
-    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
-    fn start(machines: Vec<Machine>, timeout: Duration) -> Watchdog {
-        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    fn start(machines: Arc<RwLock<Vec<Machine>>>, timeout: Duration) -> Watchdog {
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop2, fired2) = (stop.clone(), fired.clone());
         let thread = std::thread::Builder::new()
             .name("vmrig-watchdog".into())
@@ -108,7 +126,7 @@ impl Watchdog {
                         "global timeout of {} s reached: stopping every machine",
                         timeout.as_secs()
                     );
-                    for m in &machines {
+                    for m in machines.read().expect("machines lock").iter() {
                         m.kill();
                     }
                 }
@@ -200,58 +218,149 @@ impl Driver {
                     ))
                 })?;
             tracing::info!(vlan = nr, "VLAN {nr} switch at {}", dir.display());
-            vlans.push(VLan { nr, switch });
+            vlans.push(VLan {
+                nr,
+                switch: Arc::new(switch),
+                out_dir: out_dir.clone(),
+            });
         }
 
-        let shared_dir = run_dir.path().join("shared-xchg");
-        let mut machines: Vec<Machine> = Vec::new();
-        for script in &opts.start_scripts {
-            let name = machine_name(script);
-            if machines.iter().any(|m| m.name() == name) {
-                return Err(Error::Setup(format!(
-                    "two start scripts make a machine named `{name}`"
-                )));
-            }
-            if !script.is_file() {
-                return Err(Error::Setup(format!(
-                    "start script {} does not exist",
-                    script.display()
-                )));
-            }
-            let cfg = MachineConfig {
-                state_dir: run_dir.path().join(format!("vm-state-{name}")),
-                shared_dir: shared_dir.clone(),
-                out_dir: out_dir.clone(),
-                vde_sockets: vlans
-                    .iter()
-                    .map(|v| (v.nr, v.socket_dir().to_owned()))
-                    .collect(),
-                global_timeout: opts.global_timeout,
-                start_script: std::path::absolute(script).unwrap_or_else(|_| script.clone()),
-                name,
-            };
-            machines.push(Machine::new(cfg, rt.handle().clone()));
-        }
-        let watchdog = Some(Watchdog::start(machines.clone(), opts.global_timeout));
-        Ok(Driver {
-            machines,
+        let mut driver = Driver {
+            machines: Arc::new(RwLock::new(Vec::new())),
             vlans,
             run_dir: Some(run_dir),
-            opts,
+            out_dir,
+            conditions: Arc::default(),
+            opts: opts.clone(),
             subtests: std::sync::Mutex::new(SubtestState::default()),
-            watchdog,
+            watchdog: None,
             rt: Some(rt),
-        })
+        };
+        for script in &opts.start_scripts {
+            driver.create_machine(script)?;
+        }
+        driver.watchdog = Some(Watchdog::start(
+            driver.machines.clone(),
+            opts.global_timeout,
+        ));
+        if opts.handle_signals {
+            driver.handle_signals();
+        }
+        Ok(driver)
     }
 
-    /// The machines, in start-script order.
-    pub fn machines(&self) -> &[Machine] {
-        &self.machines
+    /// Kills every machine, removes the run directory (unless kept) and exits
+    /// on SIGINT (130) or SIGTERM (143): no QEMU outlives an interrupted run.
+    fn handle_signals(&self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("runtime lives as long as the driver");
+        let machines = self.machines.clone();
+        let run_dir = self.run_dir().to_owned();
+        let keep = self.opts.keep_state;
+        rt.spawn(async move {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                tracing::warn!(
+                    "cannot handle SIGINT/SIGTERM: machines may outlive an interrupted run"
+                );
+                return;
+            };
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            tracing::error!("interrupted: stopping every machine");
+            for m in machines.read().expect("machines lock").iter() {
+                m.kill();
+            }
+            if !keep {
+                let _ = std::fs::remove_dir_all(&run_dir);
+            }
+            std::process::exit(code);
+        });
+    }
+
+    /// Adds a machine for a start script (NixOS's `create_machine`); it is not started.
+    pub fn create_machine(&self, script: &Path) -> Result<Machine> {
+        let name = machine_name(script);
+        if self.machine(&name).is_some() {
+            return Err(Error::Setup(format!(
+                "two start scripts make a machine named `{name}`"
+            )));
+        }
+        if !script.is_file() {
+            return Err(Error::Setup(format!(
+                "start script {} does not exist",
+                script.display()
+            )));
+        }
+        let run_dir = self.run_dir();
+        let cfg = MachineConfig {
+            state_dir: run_dir.join(format!("vm-state-{name}")),
+            shared_dir: run_dir.join("shared-xchg"),
+            out_dir: self.out_dir.clone(),
+            vde_sockets: self
+                .vlans
+                .iter()
+                .map(|v| (v.nr, v.socket_dir().to_owned()))
+                .collect(),
+            global_timeout: self.opts.global_timeout,
+            switches: self
+                .vlans
+                .iter()
+                .map(|v| (v.nr, v.switch.clone()))
+                .collect(),
+            conditions: self.conditions.clone(),
+            boot_timeout: self.opts.boot_timeout,
+            start_script: std::path::absolute(script).unwrap_or_else(|_| script.to_owned()),
+            name,
+        };
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("runtime lives as long as the driver")
+            .handle()
+            .clone();
+        let machine = Machine::new(cfg, rt);
+        self.machines
+            .write()
+            .expect("machines lock")
+            .push(machine.clone());
+        Ok(machine)
+    }
+
+    /// Adds a polling condition (checked before machine actions) until the
+    /// returned guard is dropped (NixOS's `with polling_condition(...)`).
+    pub fn polling_condition(&self, condition: PollingCondition) -> ConditionGuard {
+        let condition = Arc::new(condition);
+        self.conditions
+            .lock()
+            .expect("conditions lock")
+            .push(condition.clone());
+        ConditionGuard {
+            conditions: self.conditions.clone(),
+            condition,
+        }
+    }
+
+    /// The machines, in the order they were created.
+    pub fn machines(&self) -> Vec<Machine> {
+        self.machines.read().expect("machines lock").clone()
     }
 
     /// A machine by name.
-    pub fn machine(&self, name: &str) -> Option<&Machine> {
-        self.machines.iter().find(|m| m.name() == name)
+    pub fn machine(&self, name: &str) -> Option<Machine> {
+        self.machines
+            .read()
+            .expect("machines lock")
+            .iter()
+            .find(|m| m.name() == name)
+            .cloned()
     }
 
     /// The VLANs.
@@ -274,9 +383,9 @@ impl Driver {
 
     /// Starts every machine at once (NixOS's `start_all`).
     pub fn start_all(&self) -> Result<()> {
+        let machines = self.machines();
         std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .machines
+            let handles: Vec<_> = machines
                 .iter()
                 .map(|m| s.spawn(move || m.start(false)))
                 .collect();
@@ -293,7 +402,7 @@ impl Driver {
 
     /// Waits until every machine's QEMU has exited (NixOS's `join_all`).
     pub fn join_all(&self) -> Result<()> {
-        for m in &self.machines {
+        for m in self.machines().iter() {
             m.wait_for_shutdown(self.opts.global_timeout)?;
         }
         Ok(())
@@ -364,7 +473,7 @@ impl Driver {
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm();
         }
-        for m in &self.machines {
+        for m in self.machines().iter() {
             m.kill();
         }
         self.vlans.clear();
@@ -383,6 +492,29 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.cleanup();
+    }
+}
+
+/// Keeps a polling condition in force; dropping it removes the condition.
+#[must_use = "the condition is removed when the guard is dropped"]
+pub struct ConditionGuard {
+    conditions: Conditions,
+    condition: Arc<PollingCondition>,
+}
+
+impl ConditionGuard {
+    /// The condition.
+    pub fn condition(&self) -> &PollingCondition {
+        &self.condition
+    }
+}
+
+impl Drop for ConditionGuard {
+    fn drop(&mut self) {
+        self.conditions
+            .lock()
+            .expect("conditions lock")
+            .retain(|c| !Arc::ptr_eq(c, &self.condition));
     }
 }
 

@@ -237,3 +237,50 @@ impl Machine {
         .map_err(|e| self.with_machine(e))
     }
 }
+
+impl Machine {
+    /// Copies a host file into the guest through the backdoor shell (base64,
+    /// in chunks), for guests without the shared directory.
+    pub fn copy_from_host_via_shell(&self, source: &std::path::Path, target: &str) -> Result<()> {
+        use base64::Engine as _;
+        let bytes = std::fs::read(source).map_err(|e| {
+            self.assertion(format!(
+                "copy_from_host_via_shell: cannot read {}: {e}",
+                source.display()
+            ))
+        })?;
+        let t = vmrig_quote(target);
+        self.succeed(&[&format!("mkdir -p \"$(dirname {t})\" && : > {t}")], None)?;
+        // Bounded command lines: bash reads each command as one line.
+        for chunk in bytes.chunks(48 * 1024) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+            self.succeed(&[&format!("echo -n {b64} | base64 -d >> {t}")], None)?;
+        }
+        Ok(())
+    }
+
+    /// The old name of [`Machine::copy_from_machine`].
+    pub fn copy_from_vm(&self, source: &str, target_dir: &str) -> Result<std::path::PathBuf> {
+        self.copy_from_machine(source, target_dir)
+    }
+
+    /// Stops QEMU and closes its connections (NixOS's `release`).
+    pub fn release(&self) {
+        tracing::info!(machine = %self.name(), "kill machine (pid {:?})", self.pid());
+        self.kill();
+    }
+
+    /// From the initrd to the real root (systemd initrd with the backdoor):
+    /// isolates `initrd-switch-root.target` and reconnects.
+    pub fn switch_root(&self) -> Result<()> {
+        self.wait_for_unit("initrd.target", None, crate::DEFAULT_TIMEOUT)?;
+        self.execute(
+            "systemctl isolate --no-block initrd-switch-root.target 2>/dev/null >/dev/null",
+            false,
+            false,
+            None,
+        )?;
+        self.mark_disconnected();
+        self.connect()
+    }
+}

@@ -37,17 +37,25 @@ mod console;
 mod driver;
 mod error;
 mod helpers;
+mod interact;
 mod keys;
+pub mod log;
 mod machine;
+mod network;
+mod ocr;
+mod polling;
+
 mod report;
 mod retry;
 mod systemd;
 
 pub use console::{Console, TAIL_LINES};
-pub use driver::{machine_name, Driver, DriverOptions, VLan};
+pub use driver::{machine_name, ConditionGuard, Driver, DriverOptions, VLan};
 pub use error::{Error, Result};
 pub use keys::key_for;
-pub use machine::{vmrig_quote, Machine, MachineConfig, DEFAULT_TIMEOUT};
+pub use machine::{vmrig_quote, Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
+pub use network::parse_info_network;
+pub use polling::{Condition, PollingCondition};
 pub use report::{junit_xml, SubtestResult};
 pub use retry::retry;
 pub use systemd::{parse_property, parse_show};

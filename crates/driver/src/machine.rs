@@ -25,8 +25,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long QEMU may take to connect its monitor and shell sockets.
 const CONNECT_SOCKETS: Duration = Duration::from_secs(60);
 
-/// How long the backdoor may take to appear (NixOS: 10 x 30 s).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the backdoor may take to appear by default (NixOS: 10 x 30 s).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Extra host-side time over a guest-side `timeout`, so the guest's 124 arrives.
 const HOST_MARGIN: Duration = Duration::from_secs(30);
@@ -48,6 +48,12 @@ pub struct MachineConfig {
     pub vde_sockets: Vec<(u8, PathBuf)>,
     /// Bound for commands that have no timeout of their own.
     pub global_timeout: Duration,
+    /// The switch of each VLAN (for link faults on this machine's ports).
+    pub switches: Vec<(u8, Arc<vmrig_vde_net::Switch>)>,
+    /// Polling conditions checked before actions.
+    pub conditions: crate::polling::Conditions,
+    /// How long the backdoor may take to appear after start.
+    pub boot_timeout: Duration,
 }
 
 /// A machine of a test run. Cheap to clone (shared handle).
@@ -136,6 +142,11 @@ impl Machine {
     /// The console, for callers that wait on it.
     pub fn console(&self) -> &Arc<Console> {
         &self.inner.console
+    }
+
+    /// A log section for an action on this machine (NixOS's `nested`).
+    pub fn nested(&self, message: &str) -> tracing::span::EnteredSpan {
+        tracing::info_span!("action", machine = %self.name(), message = %message).entered()
     }
 
     pub(crate) fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
@@ -342,7 +353,7 @@ impl Machine {
         }
         let started = Instant::now();
         r.shell
-            .wait_ready(BOOT_TIMEOUT)
+            .wait_ready(self.inner.cfg.boot_timeout)
             .await
             .map_err(|e| self.backdoor_error(e, "waiting for the backdoor shell"))?;
         self.inner.connected.store(true, Ordering::SeqCst);
@@ -352,7 +363,9 @@ impl Machine {
 
     fn backdoor_error(&self, e: vmrig_backdoor::Error, doing: &str) -> Error {
         match e {
-            vmrig_backdoor::Error::Timeout { .. } => self.timeout(doing.to_owned(), BOOT_TIMEOUT),
+            vmrig_backdoor::Error::Timeout { .. } => {
+                self.timeout(doing.to_owned(), self.inner.cfg.boot_timeout)
+            }
             other => self.machine_error(format!("{doing}: {other}")),
         }
     }
@@ -367,6 +380,7 @@ impl Machine {
         check_output: bool,
         timeout: Option<Duration>,
     ) -> Result<(i32, String)> {
+        crate::polling::check_all(&self.inner.cfg.conditions).map_err(|e| self.with_machine(e))?;
         self.block(self.execute_async(command, check_return, check_output, timeout))
     }
 
@@ -410,6 +424,7 @@ impl Machine {
     pub fn succeed(&self, commands: &[&str], timeout: Option<Duration>) -> Result<String> {
         let mut out = String::new();
         for command in commands {
+            let _log = self.nested(&format!("must succeed: {command}"));
             let (status, output) = self.execute(command, true, true, timeout)?;
             if status != 0 {
                 return Err(self.assertion(format!(
@@ -425,6 +440,7 @@ impl Machine {
     pub fn fail(&self, commands: &[&str], timeout: Option<Duration>) -> Result<String> {
         let mut out = String::new();
         for command in commands {
+            let _log = self.nested(&format!("must fail: {command}"));
             let (status, output) = self.execute(command, true, true, timeout)?;
             if status == 0 {
                 return Err(self.assertion(format!(
@@ -464,6 +480,7 @@ impl Machine {
         want_success: bool,
         what: &str,
     ) -> Result<String> {
+        let _log = self.nested(what);
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -549,6 +566,7 @@ impl Machine {
 
     /// Sends an HMP command on the monitor socket; returns its raw reply.
     pub fn send_monitor_command(&self, command: &str) -> Result<String> {
+        crate::polling::check_all(&self.inner.cfg.conditions).map_err(|e| self.with_machine(e))?;
         self.block(async {
             let mut running = self.inner.running.lock().await;
             let r = running.as_mut().ok_or_else(|| {
