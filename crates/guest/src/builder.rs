@@ -1,7 +1,7 @@
 //! `vmrig guest build`: definition in, start scripts and cached guests out.
 //!
 //! Cache layout (default `$XDG_CACHE_HOME/vmrig` or `~/.cache/vmrig`):
-//! `boot-kernels/<hash>/{vmlinux,bzImage}` (the kernel booted), `base/<hash>.cpio` (shared by every node),
+//! `boot-kernels/<hash>/{vmlinux,bzImage}` (the kernels booted), `base/<hash>.cpio` (shared by every node),
 //! `guests/<hash>/initrd` (base + node archive) and `accel/<hash>` (the result
 //! of a KVM probe). Every hash covers the bytes of every input and the vmrig
 //! version; entries are written to a temporary name and renamed, so concurrent
@@ -141,7 +141,7 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
     }
 
     let kernel_key = hash_file(&base.kernel.image)?;
-    let (kernel_path, kernel_cached) = boot_kernel(
+    let (kernel_path, bzimage_path, kernel_cached) = boot_kernel(
         &cache.join("boot-kernels").join(&kernel_key[..32]),
         &base.kernel.image,
     )?;
@@ -173,7 +173,11 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
         let script = start_script(
             node,
             BootFiles {
-                kernel: &kernel_path,
+                kernel: if node.graphics {
+                    &bzimage_path
+                } else {
+                    &kernel_path
+                },
                 initrd: &initrd,
             },
             accel,
@@ -432,16 +436,22 @@ fn relink(link: &Path, target: &Path) -> Result<()> {
 /// The kernel file start scripts boot, cached in `dir`: the uncompressed ELF
 /// `vmlinux` when the kernel can boot through PVH (QEMU then loads it directly;
 /// under TCG that saves the seconds a bzImage spends decompressing itself),
-/// else the bzImage as it is. Returns the path and whether it was cached.
-fn boot_kernel(dir: &Path, image: &Path) -> Result<(PathBuf, bool)> {
-    let (vmlinux, bzimage) = (dir.join("vmlinux"), dir.join("bzImage"));
-    for p in [&vmlinux, &bzimage] {
-        if p.is_file() {
-            return Ok((p.clone(), true));
-        }
+/// else the bzImage as it is. Returns that path, the bzImage's (booted by
+/// nodes with `graphics`: only a BIOS boot sets up the text console) and
+/// whether both were cached.
+fn boot_kernel(dir: &Path, image: &Path) -> Result<(PathBuf, PathBuf, bool)> {
+    let (vmlinux, bzimage, no_pvh) = (dir.join("vmlinux"), dir.join("bzImage"), dir.join("no-pvh"));
+    if bzimage.is_file() && (vmlinux.is_file() || no_pvh.is_file()) {
+        let boot = if vmlinux.is_file() {
+            vmlinux
+        } else {
+            bzimage.clone()
+        };
+        return Ok((boot, bzimage, true));
     }
     let bytes =
         std::fs::read(image).context(|| format!("cannot read kernel {}", image.display()))?;
+    write_atomic(&bzimage, |f| f.write_all(&bytes))?;
     let elf = crate::kernel::bzimage_payload(&bytes).and_then(|(tool, payload)| {
         // The payload ends with the 4-byte decompressed size; try without it first.
         let exact = &payload[..payload.len().saturating_sub(4)];
@@ -452,15 +462,17 @@ fn boot_kernel(dir: &Path, image: &Path) -> Result<(PathBuf, bool)> {
     match elf {
         Some(elf) if crate::kernel::has_pvh_note(&elf) => {
             write_atomic(&vmlinux, |f| f.write_all(&elf))?;
-            Ok((vmlinux, false))
+            Ok((vmlinux, bzimage, false))
         }
         _ => {
             tracing::info!(
                 "{}: no PVH-bootable payload, booting the bzImage",
                 image.display()
             );
-            write_atomic(&bzimage, |f| f.write_all(&bytes))?;
-            Ok((bzimage, false))
+            write_atomic(&no_pvh, |f| {
+                f.write_all(b"the bzImage has no PVH-bootable payload\n")
+            })?;
+            Ok((bzimage.clone(), bzimage, false))
         }
     }
 }

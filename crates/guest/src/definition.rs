@@ -85,6 +85,10 @@ pub struct Node {
     pub files: BTreeMap<String, File>,
     /// Extra kernel command-line parameters.
     pub kernel_params: Vec<String>,
+    /// A text console on the screen (NixOS's `virtualisation.graphics`), for
+    /// screenshots, OCR and keyboard input; boots the bzImage, which is slower
+    /// under TCG than the PVH boot used otherwise.
+    pub graphics: bool,
 }
 
 /// A node's NIC on one VLAN.
@@ -188,6 +192,8 @@ struct RawNode {
     files: BTreeMap<String, RawFile>,
     #[serde(default)]
     kernel_params: Vec<String>,
+    #[serde(default)]
+    graphics: bool,
 }
 
 #[derive(Deserialize)]
@@ -502,6 +508,7 @@ impl Node {
             services: raw.services,
             files,
             kernel_params: raw.kernel_params,
+            graphics: raw.graphics,
         })
     }
 }

@@ -264,3 +264,27 @@ fn accel_auto_never_hangs_and_only_picks_kvm_that_boots() {
         m.wait_for_backdoor(BOOT).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn graphics_nodes_boot_the_bzimage_and_others_the_vmlinux() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = dir.path().join("vmrig.toml");
+    std::fs::write(
+        &def,
+        "[nodes.plain]\nvlans = []\n[nodes.screen]\nvlans = []\ngraphics = true\n",
+    )
+    .unwrap();
+    let built = build(&def, &dir.path().join("out"), &options()).unwrap();
+    let script = |n: usize| std::fs::read_to_string(&built.nodes[n].start_script).unwrap();
+    assert!(
+        script(1).contains("/bzImage "),
+        "graphics boots the BIOS way: {}",
+        script(1)
+    );
+    // Debian's kernel is PVH-capable; another kernel may fall back to the bzImage.
+    let plain = script(0);
+    assert!(
+        plain.contains("/vmlinux ") || plain.contains("/bzImage "),
+        "{plain}"
+    );
+}
