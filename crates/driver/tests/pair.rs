@@ -172,6 +172,66 @@ fn pair_through_the_driver() {
     assert_eq!(stop.event, "STOP");
     server.send_monitor_command("cont").unwrap();
 
+    // Link faults at the switch (what NixOS lacks): this machine's port, then a partition.
+    let vlan1 = &driver.vlans()[0];
+    let pcap = vlan1.start_capture(None).unwrap();
+    client.set_loss(1, 100.0).unwrap();
+    client.fail(&["ping -c 2 -W 1 server"], None).unwrap();
+    client.set_loss(1, 0.0).unwrap();
+    client.succeed(&["ping -c 1 -W 5 server"], None).unwrap();
+    client.set_vlan_link(1, false).unwrap();
+    client.fail(&["ping -c 1 -W 1 server"], None).unwrap();
+    client.set_vlan_link(1, true).unwrap();
+    vlan1.partition(&[vec![&client], vec![&server]]).unwrap();
+    client.fail(&["ping -c 1 -W 1 server"], None).unwrap();
+    vlan1.heal();
+    client.succeed(&["ping -c 1 -W 5 server"], None).unwrap();
+    assert_eq!(vlan1.stop_capture().unwrap(), Some(pcap.clone()));
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert_eq!(&bytes[..4], &0xa1b2c3d4u32.to_le_bytes(), "a pcap file");
+    assert!(bytes.len() > 24 + 16 + 42, "frames were captured");
+    assert_eq!(pcap, result.path().join("out/vlan1.pcap"));
+
+    // Polling conditions run before actions and fail the test when they stop holding.
+    server.succeed(&["touch /tmp/healthy"], None).unwrap();
+    {
+        let probe = server.clone();
+        let guard = driver.polling_condition(vmrig_driver::PollingCondition::new(
+            "server is healthy",
+            Duration::ZERO,
+            Box::new(move || Ok(probe.execute("test -e /tmp/healthy", true, true, None)?.0 == 0)),
+        ));
+        client.succeed(&["true"], None).unwrap();
+        server.succeed(&["rm /tmp/healthy"], None).unwrap();
+        let e = client.succeed(&["true"], None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Polling condition failed: server is healthy"),
+            "{e}"
+        );
+        drop(guard);
+    }
+    client.succeed(&["true"], None).unwrap();
+
+    // Copies through the shell, for guests without the shared directory.
+    let big = result.path().join("big.bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&big, &data).unwrap();
+    server
+        .copy_from_host_via_shell(&big, "/root/via-shell/big.bin")
+        .unwrap();
+    assert_eq!(
+        server
+            .succeed(&["cat /root/via-shell/big.bin | wc -c"], None)
+            .unwrap()
+            .trim(),
+        "200000"
+    );
+    assert!(
+        driver.create_machine(&built.nodes[0].start_script).is_err(),
+        "names are unique"
+    );
+
     // Power: crash(), a start that allows reboots, reboot(), shutdown().
     client.crash().unwrap();
     assert!(!client.is_up());
