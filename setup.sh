@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # programs the examples put into guests.
 packages=(
     qemu-system-x86 qemu-utils vde2 busybox-static bash-static coreutils
-    netcat-openbsd iproute2 iputils-ping curl jq xz-utils
+    netcat-openbsd iproute2 iputils-ping curl jq xz-utils tesseract-ocr
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -5,7 +5,7 @@
 //! kit writes `OUT/bin/run-<node>-vm`, a start script with the contract of
 //! NixOS's `qemu-vm.nix` ([`script`]), so the NixOS driver (or vmrig's) can run
 //! it unchanged. The `busybox` flavour boots the host kernel with an initramfs
-//! ([`cpio`], [`image`]): busybox, bash, GNU `timeout`/`base64`/`fold`/`stty`,
+//! ([`cpio`], [`image`]): busybox (with its static `base64`), bash, GNU `timeout`/`fold`/`stty`,
 //! OpenBSD `nc`, the kernel modules the guest needs resolved with their
 //! dependencies from the host's `modules.dep` ([`kernel`]), and the node's
 //! programs with their shared libraries ([`host`]). Its init sets the hostname,
