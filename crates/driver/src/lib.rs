@@ -1,4 +1,61 @@
-//! Orchestration of a vmrig test run: the `Driver`, its `Machine`s and `VLan`s.
+//! Orchestration of a vmrig test run: the [`Driver`], its [`Machine`]s and
+//! [`VLan`]s, with the operations of NixOS's test driver as a Rust API.
 //!
-//! This crate is filled by the driver issue; it builds on `vmrig-qmp`,
-//! `vmrig-backdoor` and `vmrig-vde-net`. It is empty until then.
+//! The driver creates a private 0700 run directory, starts one in-process
+//! VDE switch ([`vmrig_vde_net`]) per VLAN, and for each machine runs its
+//! start script the way NixOS's driver does (the same appended QEMU options and
+//! environment, see `shared/DESIGN.md`), talks to the guest's backdoor shell
+//! with one round trip per command ([`vmrig_backdoor`]) and to QEMU over QMP
+//! ([`vmrig_qmp`]) and the HMP monitor. Dropping the driver kills every QEMU
+//! process group and switch and removes the run directory.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use vmrig_driver::{Driver, DriverOptions};
+//!
+//! let mut opts = DriverOptions::new(vec!["result/bin/run-server-vm".into(), "result/bin/run-client-vm".into()]);
+//! opts.vlans = vec![1];
+//! let driver = Driver::new(opts)?;
+//! driver.start_all()?;
+//! let (server, client) = (driver.machine("server").unwrap(), driver.machine("client").unwrap());
+//! server.wait_for_open_port(8080, "localhost", Duration::from_secs(60))?;
+//! client.succeed(&["nc -z server 8080"], None)?;
+//! # Ok::<(), vmrig_driver::Error>(())
+//! ```
+//!
+//! Machine methods block (as NixOS's do) on the driver's own tokio runtime:
+//! call them from ordinary threads, not from async code.
+//!
+//! Status: the first part of the driver issue. Lifecycle, the `execute`
+//! family, waits, console, monitor, keys, QMP screenshots and events, links,
+//! port forwarding, file copies, and the command-based systemd, TTY and X11
+//! helpers, subtests with a JUnit report and the global-timeout watchdog
+//! work; polling conditions, OCR, link faults and capture from scripts,
+//! `create_machine` and signal handling are still to come.
+
+mod console;
+mod driver;
+mod error;
+mod helpers;
+mod interact;
+mod keys;
+pub mod log;
+mod machine;
+mod network;
+mod ocr;
+mod polling;
+
+mod report;
+mod retry;
+mod systemd;
+
+pub use console::{Console, TAIL_LINES};
+pub use driver::{machine_name, ConditionGuard, Driver, DriverOptions, VLan};
+pub use error::{Error, Result};
+pub use keys::key_for;
+pub use machine::{vmrig_quote, Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
+pub use network::parse_info_network;
+pub use polling::{Condition, PollingCondition};
+pub use report::{junit_xml, SubtestResult};
+pub use retry::retry;
+pub use systemd::{parse_property, parse_show};

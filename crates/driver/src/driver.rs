@@ -1,0 +1,614 @@
+//! The driver: one test run's machines, VLANs, state directory and cleanup.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmrig_vde_net::{Switch, SwitchOptions};
+
+use std::sync::{Arc, RwLock};
+
+use crate::error::{Error, Result};
+use crate::machine::{Machine, MachineConfig};
+use crate::polling::{Conditions, PollingCondition};
+use crate::report::{junit_xml, SubtestResult};
+
+/// What a run consists of (NixOS driver flags).
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// Start scripts; machine names come from `run-<name>-vm`.
+    pub start_scripts: Vec<PathBuf>,
+    /// VLAN numbers; one switch each.
+    pub vlans: Vec<u8>,
+    /// Output directory (screenshots, copied files, logs).
+    pub out_dir: PathBuf,
+    /// Keep the state directory after the run (`-K`).
+    pub keep_state: bool,
+    /// Bound for the whole run, and for commands without a timeout.
+    pub global_timeout: Duration,
+    /// Where the private run directory is made (default: `$XDG_RUNTIME_DIR` or the temp dir).
+    pub tmp_dir: Option<PathBuf>,
+    /// How long a machine's backdoor may take to appear (default 300 s, as NixOS).
+    pub boot_timeout: Duration,
+    /// On SIGINT or SIGTERM: kill every machine, remove the run directory and
+    /// exit (130 or 143). On by default; turn off to handle signals yourself.
+    pub handle_signals: bool,
+}
+
+impl DriverOptions {
+    /// Options for these start scripts, with NixOS's defaults otherwise.
+    pub fn new(start_scripts: Vec<PathBuf>) -> Self {
+        DriverOptions {
+            start_scripts,
+            vlans: Vec::new(),
+            out_dir: PathBuf::from("."),
+            keep_state: false,
+            global_timeout: Duration::from_secs(3600),
+            tmp_dir: None,
+            boot_timeout: crate::machine::BOOT_TIMEOUT,
+            handle_signals: true,
+        }
+    }
+}
+
+/// A VLAN: an in-process VDE switch that `QEMU_VDE_SOCKET_<nr>` points at.
+pub struct VLan {
+    nr: u8,
+    switch: Arc<Switch>,
+    out_dir: PathBuf,
+}
+
+impl VLan {
+    /// The VLAN number.
+    pub fn nr(&self) -> u8 {
+        self.nr
+    }
+
+    /// The switch directory (`QEMU_VDE_SOCKET_<nr>`).
+    pub fn socket_dir(&self) -> &Path {
+        self.switch.dir()
+    }
+
+    /// The switch, for link faults and capture.
+    pub fn switch(&self) -> &Switch {
+        &self.switch
+    }
+
+    /// Where captures go.
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+}
+
+/// A test run. Dropping it kills every machine, stops the switches and removes
+/// the state directory (unless `keep_state`).
+pub struct Driver {
+    // Declared first so machines and switches go before the runtime.
+    machines: Arc<RwLock<Vec<Machine>>>,
+    out_dir: PathBuf,
+    conditions: Conditions,
+    vlans: Vec<VLan>,
+    run_dir: Option<tempfile::TempDir>,
+    opts: DriverOptions,
+    subtests: std::sync::Mutex<SubtestState>,
+    watchdog: Option<Watchdog>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+#[derive(Default)]
+struct SubtestState {
+    stack: Vec<String>,
+    results: Vec<SubtestResult>,
+}
+
+/// Kills every machine when the global timeout passes.
+struct Watchdog {
+    stop: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(machines: Arc<RwLock<Vec<Machine>>>, timeout: Duration) -> Watchdog {
+        let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop2, fired2) = (stop.clone(), fired.clone());
+        let thread = std::thread::Builder::new()
+            .name("vmrig-watchdog".into())
+            .spawn(move || {
+                let (lock, cvar) = &*stop2;
+                let guard = lock.lock().expect("watchdog lock");
+                let (guard, result) = cvar
+                    .wait_timeout_while(guard, timeout, |stopped| !*stopped)
+                    .expect("watchdog lock");
+                if result.timed_out() && !*guard {
+                    fired2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(
+                        "global timeout of {} s reached: stopping every machine",
+                        timeout.as_secs()
+                    );
+                    for m in machines.read().expect("machines lock").iter() {
+                        m.kill();
+                    }
+                }
+            })
+            .expect("spawn the watchdog thread");
+        Watchdog {
+            stop,
+            fired,
+            thread: Some(thread),
+        }
+    }
+
+    fn disarm(&mut self) {
+        *self.stop.0.lock().expect("watchdog lock") = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The machine name NixOS derives from a start script: `run-(.+)-vm$`, else `machine`.
+pub fn machine_name(script: &Path) -> String {
+    let file = script
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.strip_prefix("run-")
+        .and_then(|rest| rest.strip_suffix("-vm"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or("machine")
+        .to_owned()
+}
+
+impl Driver {
+    /// Sets up a run: a private 0700 run directory (NixOS's fixed names let two
+    /// runs collide; these do not), one switch per VLAN, machines not started.
+    pub fn new(opts: DriverOptions) -> Result<Driver> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("vmrig-driver")
+            .build()
+            .map_err(|e| Error::Setup(format!("cannot start the async runtime: {e}")))?;
+        let base = opts
+            .tmp_dir
+            .clone()
+            .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+            .unwrap_or_else(std::env::temp_dir);
+        let run_dir = tempfile::Builder::new()
+            .prefix("vmrig-")
+            .tempdir_in(&base)
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "cannot create a run directory in {}: {e}",
+                    base.display()
+                ))
+            })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(run_dir.path(), std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot make {} private: {e}",
+                        run_dir.path().display()
+                    ))
+                })?;
+        }
+        std::fs::create_dir_all(&opts.out_dir).map_err(|e| {
+            Error::Setup(format!(
+                "cannot create output directory {}: {e}",
+                opts.out_dir.display()
+            ))
+        })?;
+        let out_dir = std::path::absolute(&opts.out_dir).unwrap_or_else(|_| opts.out_dir.clone());
+
+        let mut vlans = Vec::new();
+        for &nr in &opts.vlans {
+            if vlans.iter().any(|v: &VLan| v.nr == nr) {
+                return Err(Error::Setup(format!("VLAN {nr} is listed twice")));
+            }
+            let dir = run_dir.path().join(format!("vde{nr}.ctl"));
+            let switch = rt
+                .block_on(Switch::start(SwitchOptions::new(&dir)))
+                .map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot start the switch of VLAN {nr} at {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            tracing::info!(vlan = nr, "VLAN {nr} switch at {}", dir.display());
+            vlans.push(VLan {
+                nr,
+                switch: Arc::new(switch),
+                out_dir: out_dir.clone(),
+            });
+        }
+
+        let mut driver = Driver {
+            machines: Arc::new(RwLock::new(Vec::new())),
+            vlans,
+            run_dir: Some(run_dir),
+            out_dir,
+            conditions: Arc::default(),
+            opts: opts.clone(),
+            subtests: std::sync::Mutex::new(SubtestState::default()),
+            watchdog: None,
+            rt: Some(rt),
+        };
+        for script in &opts.start_scripts {
+            driver.create_machine(script)?;
+        }
+        driver.watchdog = Some(Watchdog::start(
+            driver.machines.clone(),
+            opts.global_timeout,
+        ));
+        if opts.handle_signals {
+            driver.handle_signals();
+        }
+        Ok(driver)
+    }
+
+    /// Kills every machine, removes the run directory (unless kept) and exits
+    /// on SIGINT (130) or SIGTERM (143): no QEMU outlives an interrupted run.
+    fn handle_signals(&self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("runtime lives as long as the driver");
+        let machines = self.machines.clone();
+        let run_dir = self.run_dir().to_owned();
+        let keep = self.opts.keep_state;
+        rt.spawn(async move {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                tracing::warn!(
+                    "cannot handle SIGINT/SIGTERM: machines may outlive an interrupted run"
+                );
+                return;
+            };
+            let code = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            tracing::error!("interrupted: stopping every machine");
+            for m in machines.read().expect("machines lock").iter() {
+                m.kill();
+            }
+            if !keep {
+                let _ = std::fs::remove_dir_all(&run_dir);
+            }
+            std::process::exit(code);
+        });
+    }
+
+    /// Adds a machine for a start script (NixOS's `create_machine`); it is not started.
+    pub fn create_machine(&self, script: &Path) -> Result<Machine> {
+        let name = machine_name(script);
+        if self.machine(&name).is_some() {
+            return Err(Error::Setup(format!(
+                "two start scripts make a machine named `{name}`"
+            )));
+        }
+        if !script.is_file() {
+            return Err(Error::Setup(format!(
+                "start script {} does not exist",
+                script.display()
+            )));
+        }
+        let run_dir = self.run_dir();
+        let cfg = MachineConfig {
+            state_dir: run_dir.join(format!("vm-state-{name}")),
+            shared_dir: run_dir.join("shared-xchg"),
+            out_dir: self.out_dir.clone(),
+            vde_sockets: self
+                .vlans
+                .iter()
+                .map(|v| (v.nr, v.socket_dir().to_owned()))
+                .collect(),
+            global_timeout: self.opts.global_timeout,
+            switches: self
+                .vlans
+                .iter()
+                .map(|v| (v.nr, v.switch.clone()))
+                .collect(),
+            conditions: self.conditions.clone(),
+            boot_timeout: self.opts.boot_timeout,
+            start_script: std::path::absolute(script).unwrap_or_else(|_| script.to_owned()),
+            name,
+        };
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("runtime lives as long as the driver")
+            .handle()
+            .clone();
+        let machine = Machine::new(cfg, rt);
+        self.machines
+            .write()
+            .expect("machines lock")
+            .push(machine.clone());
+        Ok(machine)
+    }
+
+    /// Adds a polling condition (checked before machine actions) until the
+    /// returned guard is dropped (NixOS's `with polling_condition(...)`).
+    pub fn polling_condition(&self, condition: PollingCondition) -> ConditionGuard {
+        let condition = Arc::new(condition);
+        self.conditions
+            .lock()
+            .expect("conditions lock")
+            .push(condition.clone());
+        ConditionGuard {
+            conditions: self.conditions.clone(),
+            condition,
+        }
+    }
+
+    /// The machines, in the order they were created.
+    pub fn machines(&self) -> Vec<Machine> {
+        self.machines.read().expect("machines lock").clone()
+    }
+
+    /// A machine by name.
+    pub fn machine(&self, name: &str) -> Option<Machine> {
+        self.machines
+            .read()
+            .expect("machines lock")
+            .iter()
+            .find(|m| m.name() == name)
+            .cloned()
+    }
+
+    /// The VLANs.
+    pub fn vlans(&self) -> &[VLan] {
+        &self.vlans
+    }
+
+    /// The private run directory (state directories, switch sockets, `shared-xchg`).
+    pub fn run_dir(&self) -> &Path {
+        self.run_dir
+            .as_ref()
+            .expect("run dir lives as long as the driver")
+            .path()
+    }
+
+    /// The options of this run.
+    pub fn options(&self) -> &DriverOptions {
+        &self.opts
+    }
+
+    /// Starts every machine at once (NixOS's `start_all`).
+    pub fn start_all(&self) -> Result<()> {
+        let machines = self.machines();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = machines
+                .iter()
+                .map(|m| s.spawn(move || m.start(false)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Setup("a start thread panicked".into())))
+                })
+                .collect::<Result<Vec<()>>>()
+        })
+        .map(drop)
+    }
+
+    /// Waits until every machine's QEMU has exited (NixOS's `join_all`).
+    pub fn join_all(&self) -> Result<()> {
+        for m in self.machines().iter() {
+            m.wait_for_shutdown(self.opts.global_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the global timeout passed (and every machine was stopped).
+    pub fn timed_out(&self) -> bool {
+        self.watchdog
+            .as_ref()
+            .is_some_and(|w| w.fired.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Runs `f` as a named subtest (nested in the current one, if any):
+    /// logged with its duration, recorded for the JUnit report, its error
+    /// passed on. A global timeout turns any error into one that says so.
+    pub fn subtest<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let full = {
+            let mut st = self.subtests.lock().expect("subtest lock");
+            st.stack.push(name.to_owned());
+            st.stack.join(" / ")
+        };
+        let span = tracing::info_span!("subtest", name = %full);
+        let start = std::time::Instant::now();
+        let result = span.in_scope(f);
+        let result = match result {
+            Err(e) if self.timed_out() => Err(Error::Setup(format!(
+                "global timeout of {} s reached during subtest `{full}`; every machine was stopped ({e})",
+                self.opts.global_timeout.as_secs()
+            ))),
+            other => other,
+        };
+        let duration = start.elapsed();
+        match &result {
+            Ok(_) => tracing::info!("subtest `{full}` passed in {:.2} s", duration.as_secs_f64()),
+            Err(e) => tracing::error!(
+                "subtest `{full}` failed after {:.2} s: {e}",
+                duration.as_secs_f64()
+            ),
+        }
+        let mut st = self.subtests.lock().expect("subtest lock");
+        st.stack.pop();
+        st.results.push(SubtestResult {
+            name: full,
+            duration,
+            failure: result.as_ref().err().map(|e| e.to_string()),
+        });
+        result
+    }
+
+    /// The subtests run so far, in the order they finished.
+    pub fn subtest_results(&self) -> Vec<SubtestResult> {
+        self.subtests.lock().expect("subtest lock").results.clone()
+    }
+
+    /// Writes the subtests as JUnit XML.
+    pub fn write_junit(&self, path: &Path, suite: &str) -> Result<()> {
+        std::fs::write(path, junit_xml(suite, &self.subtest_results())).map_err(|e| {
+            Error::Setup(format!(
+                "cannot write the JUnit report {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Kills every machine, stops the switches, removes the run directory
+    /// unless `keep_state`. Idempotent; also done on drop.
+    pub fn cleanup(&mut self) {
+        if let Some(w) = self.watchdog.as_mut() {
+            w.disarm();
+        }
+        for m in self.machines().iter() {
+            m.kill();
+        }
+        self.vlans.clear();
+        if let Some(dir) = self.run_dir.take() {
+            if self.opts.keep_state {
+                let kept = dir.keep();
+                tracing::info!("kept the machine state in {}", kept.display());
+            }
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Keeps a polling condition in force; dropping it removes the condition.
+#[must_use = "the condition is removed when the guard is dropped"]
+pub struct ConditionGuard {
+    conditions: Conditions,
+    condition: Arc<PollingCondition>,
+}
+
+impl ConditionGuard {
+    /// The condition.
+    pub fn condition(&self) -> &PollingCondition {
+        &self.condition
+    }
+}
+
+impl Drop for ConditionGuard {
+    fn drop(&mut self) {
+        self.conditions
+            .lock()
+            .expect("conditions lock")
+            .retain(|c| !Arc::ptr_eq(c, &self.condition));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_like_nixos() {
+        assert_eq!(machine_name(Path::new("/x/bin/run-server-vm")), "server");
+        assert_eq!(machine_name(Path::new("/x/start")), "machine");
+    }
+
+    #[test]
+    fn bad_setups_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![dir.path().join("run-a-vm")]);
+        opts.out_dir = dir.path().join("out");
+        let e = Driver::new(opts.clone()).err().unwrap().to_string();
+        assert!(e.contains("run-a-vm does not exist"), "{e}");
+        opts.start_scripts.clear();
+        opts.vlans = vec![1, 1];
+        let e = Driver::new(opts).err().unwrap().to_string();
+        assert!(e.contains("VLAN 1 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn subtests_nest_and_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![]);
+        opts.out_dir = dir.path().join("out");
+        let driver = Driver::new(opts).unwrap();
+        let r: Result<()> = driver.subtest("outer", || {
+            driver.subtest("inner ok", || Ok(()))?;
+            driver.subtest("inner bad", || Err(Error::Setup("broken".into())))
+        });
+        assert!(r.is_err());
+        let names: Vec<_> = driver
+            .subtest_results()
+            .into_iter()
+            .map(|r| (r.name, r.failure.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("outer / inner ok".to_owned(), false),
+                ("outer / inner bad".into(), true),
+                ("outer".into(), true)
+            ]
+        );
+        let junit = dir.path().join("junit.xml");
+        driver.write_junit(&junit, "suite").unwrap();
+        assert!(std::fs::read_to_string(junit)
+            .unwrap()
+            .contains("failures=\"2\""));
+    }
+
+    #[test]
+    fn global_timeout_fires_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![]);
+        opts.out_dir = dir.path().join("out");
+        opts.global_timeout = Duration::from_millis(200);
+        let driver = Driver::new(opts).unwrap();
+        let e = driver
+            .subtest("slow", || {
+                std::thread::sleep(Duration::from_millis(800));
+                Err::<(), _>(Error::Setup("interrupted".into()))
+            })
+            .unwrap_err();
+        assert!(driver.timed_out());
+        assert!(
+            e.to_string()
+                .contains("global timeout of 0 s reached during subtest `slow`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn switches_live_in_a_private_run_dir_that_goes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DriverOptions::new(vec![]);
+        opts.vlans = vec![1, 2];
+        opts.out_dir = dir.path().join("out");
+        opts.tmp_dir = Some(dir.path().to_owned());
+        let driver = Driver::new(opts).unwrap();
+        let run = driver.run_dir().to_owned();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&run).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(driver.vlans()[1].socket_dir().join("ctl").exists());
+        drop(driver);
+        assert!(!run.exists());
+    }
+}
