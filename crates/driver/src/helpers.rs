@@ -8,22 +8,13 @@ use crate::error::Result;
 use crate::keys::key_for;
 use crate::machine::{vmrig_quote, Machine};
 use crate::retry::retry;
-use crate::systemd::{parse_property, parse_show};
+use crate::systemd::{parse_property, parse_show, property_query, show_query, systemctl_command};
 
 impl Machine {
     /// NixOS's `systemctl(q, user)`: runs `systemctl Q`, or `systemctl --user Q`
     /// in a login shell of `user`. Returns `(status, output)`.
     pub fn systemctl(&self, query: &str, user: Option<&str>) -> Result<(i32, String)> {
-        match user {
-            None => self.execute(&format!("systemctl {query}"), true, true, None),
-            Some(user) => {
-                let q = query.replace('\'', "\\'");
-                let cmd = format!(
-                    "su -l {user} --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` systemctl --user {q}'"
-                );
-                self.execute(&cmd, true, true, None)
-            }
-        }
+        self.execute(&systemctl_command(query, user), true, true, None)
     }
 
     /// Every property of a unit (`systemctl show`).
@@ -32,7 +23,7 @@ impl Machine {
         unit: &str,
         user: Option<&str>,
     ) -> Result<BTreeMap<String, String>> {
-        let (status, out) = self.systemctl(&format!("--no-pager show \"{unit}\""), user)?;
+        let (status, out) = self.systemctl(&show_query(unit), user)?;
         if status != 0 {
             return Err(self.assertion(format!(
                 "retrieving systemctl info for unit \"{unit}\"{} failed with exit code {status}",
@@ -50,10 +41,7 @@ impl Machine {
         property: &str,
         user: Option<&str>,
     ) -> Result<String> {
-        let (status, out) = self.systemctl(
-            &format!("--no-pager show \"{unit}\" --property=\"{property}\""),
-            user,
-        )?;
+        let (status, out) = self.systemctl(&property_query(unit, property), user)?;
         if status != 0 {
             return Err(self.assertion(format!(
                 "retrieving systemctl property \"{property}\" for unit \"{unit}\"{} failed with exit code {status}",

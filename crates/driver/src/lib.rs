@@ -58,4 +58,4 @@ pub use network::parse_info_network;
 pub use polling::{Condition, PollingCondition};
 pub use report::{junit_xml, SubtestResult};
 pub use retry::retry;
-pub use systemd::{parse_property, parse_show};
+pub use systemd::{parse_property, parse_show, property_query, show_query, systemctl_command};
