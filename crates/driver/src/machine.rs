@@ -254,6 +254,8 @@ impl Machine {
             .spawn()
             .map_err(|e| io(&format!("cannot run {}", cfg.start_script.display()), e))?;
         let pid = child.id().unwrap_or(0);
+        // Before anything polls `child.wait()`, which closes the child's stdin.
+        let stdin = child.stdin.take();
         for out in [
             child
                 .stdout
@@ -299,7 +301,7 @@ impl Machine {
         self.inner.connected.store(false, Ordering::SeqCst);
         tracing::info!(machine = %cfg.name, pid, "QEMU running (pid {pid}) after {:.2} s", started.elapsed().as_secs_f64());
         *running = Some(Running {
-            stdin: child.stdin.take(),
+            stdin,
             child,
             pid,
             shell: Shell::new(shell),

@@ -232,6 +232,57 @@ fn pair_through_the_driver() {
         "names are unique"
     );
 
+    // Guest time, closed ports, the serial console's input, the interactive helpers.
+    server.sleep(Duration::from_millis(500)).unwrap();
+    server
+        .succeed(&["(nc -l -p 9099 >/dev/null 2>&1 &)"], None)
+        .unwrap();
+    server
+        .wait_for_open_port(9099, "localhost", Duration::from_secs(30))
+        .unwrap();
+    server
+        .succeed(&["nc -z localhost 9099 || true"], None)
+        .unwrap();
+    server
+        .wait_for_closed_port(9099, "localhost", Duration::from_secs(30))
+        .unwrap();
+    server
+        .succeed(
+            &["stty -F /dev/ttyS0 -echo; (head -n 2 /dev/ttyS0 > /tmp/from-console &)"],
+            None,
+        )
+        .unwrap();
+    server
+        .send_console("typed on the serial console\n")
+        .unwrap();
+    server
+        .console_interact(&mut std::io::Cursor::new("second line\n"))
+        .unwrap();
+    server
+        .wait_until_succeeds(
+            "test $(wc -l < /tmp/from-console) = 2",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(
+        server.succeed(&["cat /tmp/from-console"], None).unwrap(),
+        "typed on the serial console\nsecond line\n"
+    );
+    let mut transcript = Vec::new();
+    server
+        .shell_interact(
+            &mut std::io::Cursor::new("echo one\nexit 3\n"),
+            &mut transcript,
+        )
+        .unwrap();
+    let transcript = String::from_utf8(transcript).unwrap();
+    assert!(transcript.contains("server$ one\n"), "{transcript}");
+    assert!(transcript.contains("(exit status 3)"), "{transcript}");
+    let vm_copy = server.copy_from_vm("/etc/hosts", "").unwrap();
+    assert!(std::fs::read_to_string(vm_copy)
+        .unwrap()
+        .contains("192.168.1.1 client"));
+
     // Power: crash(), a start that allows reboots, reboot(), shutdown().
     client.crash().unwrap();
     assert!(!client.is_up());
@@ -244,6 +295,17 @@ fn pair_through_the_driver() {
     client.crash().unwrap();
     server.shutdown().unwrap();
     assert!(!server.is_booted());
+    server.start(false).unwrap();
+    let pid = server.pid().unwrap();
+    server.release();
+    assert!(!server.is_booted() && server.pid().is_none());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+            std::thread::sleep(Duration::from_secs(1));
+            !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        },
+        "release() stops QEMU"
+    );
     driver.cleanup();
     assert!(!run_dir.exists(), "the run directory is removed");
 }
