@@ -49,12 +49,7 @@ if [ "${1:-}" = "--deps" ]; then
 fi
 
 echo "setup: building vmrig" >&2
-cargo build -q -p vmrig -p vmrig-guest --examples --bins
-echo "setup: building the guest of examples/hello" >&2
-./target/debug/vmrig guest build examples/hello --out target/demo/hello
-echo "setup: booting it and running commands through the backdoor" >&2
-cargo run -q -p vmrig-guest --example boot -- target/demo/hello machine \
-    'uname -sr; hostname; cat /etc/motd' \
-    "su -- alice -c 'which jq' && ! su -- root -c 'which jq' && echo 'jq is on alice'\''s PATH only'" \
-    'ip -4 -o addr show eth1'
+cargo build -q -p vmrig
+echo "setup: running examples/hello (guests are built on first use, then cached)" >&2
+./target/debug/vmrig run examples/hello -o target/demo/hello
 echo "setup: done. Run the whole test suite with ./test.sh" >&2

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod test_run;
 mod vde_switch;
 
 #[derive(Parser)]
@@ -14,13 +15,25 @@ mod vde_switch;
     version,
     about = "Run NixOS-style integration tests against real QEMU virtual machines"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// The NixOS driver's flags (used when no subcommand is given).
+    #[command(flatten)]
+    compat: test_run::CompatArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build DIR/vmrig.toml's guests (cached) and run DIR/test.py against them.
+    Run {
+        /// The test directory.
+        dir: PathBuf,
+        /// The driver's flags (-o, --junit-xml, -K, --log-level, --global-timeout, ...).
+        #[command(flatten)]
+        flags: test_run::CompatArgs,
+    },
     /// Build test guests and their start scripts.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -53,14 +66,16 @@ enum GuestCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Guest(GuestCommand::Build {
+        None => test_run::compat(cli.compat),
+        Some(Command::Run { dir, flags }) => test_run::run_dir(&dir, &flags),
+        Some(Command::Guest(GuestCommand::Build {
             definition,
             out,
             accel,
             kernel,
             cache_dir,
-        }) => guest_build(definition, out, &accel, kernel, cache_dir),
-        Command::VdeSwitch(args) => vde_switch::run(args),
+        })) => guest_build(definition, out, &accel, kernel, cache_dir),
+        Some(Command::VdeSwitch(args)) => vde_switch::run(args),
     }
 }
 

@@ -452,6 +452,32 @@ impl Driver {
         result
     }
 
+    /// Records a subtest run elsewhere (e.g. by a Python `with subtest(...)`).
+    pub fn record_subtest(&self, result: SubtestResult) {
+        self.subtests
+            .lock()
+            .expect("subtest lock")
+            .results
+            .push(result);
+    }
+
+    /// Stops every machine and removes the run directory (unless kept) without
+    /// needing the driver by value: for callers that share it (the Python shim).
+    pub fn terminate(&self) {
+        if let Some(w) = self.watchdog.as_ref() {
+            *w.stop.0.lock().expect("watchdog lock") = true;
+            w.stop.1.notify_all();
+        }
+        for m in self.machines().iter() {
+            m.kill();
+        }
+        if !self.opts.keep_state {
+            if let Some(dir) = self.run_dir.as_ref() {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }
+    }
+
     /// The subtests run so far, in the order they finished.
     pub fn subtest_results(&self) -> Vec<SubtestResult> {
         self.subtests.lock().expect("subtest lock").results.clone()

@@ -1,0 +1,226 @@
+//! The `vmrig` binary as NixOS users meet it: both command-line generations,
+//! `vmrig run DIR`, exit statuses, `!!!` failure output, and no QEMU left over.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn vmrig() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmrig"));
+    c.env(
+        "VMRIG_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-cache"),
+    )
+    .env("NO_COLOR", "1")
+    .env_remove("startScripts")
+    .env_remove("vlans")
+    .env_remove("testScript");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds examples/hello into `dir/result`; returns its start script.
+fn hello(dir: &Path) -> PathBuf {
+    let out = vmrig()
+        .args(["guest", "build"])
+        .arg(repo().join("examples/hello"))
+        .arg("--out")
+        .arg(dir.join("result"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("result/bin/run-machine-vm")
+}
+
+fn qemu_of(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z');
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn assert_no_qemu_left(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !qemu_of(dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU processes left: {:?}",
+            qemu_of(dir)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vmrig_run_passes_and_writes_junit() {
+    let out = tempfile::tempdir().unwrap();
+    let junit = out.path().join("junit.xml");
+    let run = vmrig()
+        .args(["run"])
+        .arg(repo().join("examples/pair"))
+        .arg("-o")
+        .arg(out.path())
+        .arg("--junit-xml")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("subtest: a cut cable stops traffic"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("server # "),
+        "console lines are prefixed by the machine name"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("tests=\"2\" failures=\"0\""), "{xml}");
+}
+
+#[test]
+fn older_flags_failure_output_and_nixos_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(
+        &test,
+        "from test_driver.errors import RequestedAssertionFailed\n\
+         from test_driver.machine import Machine\n\
+         assert isinstance(machine, Machine) and machines == [machine] and vlan1.nr == 1\n\
+         try:\n    machine.fail('true')\nexcept RequestedAssertionFailed as e:\n    print('caught', type(e).__name__)\n\
+         def check():\n    machine.succeed('echo about to fail; exit 4')\n\
+         with subtest('fails'):\n    check()\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // argparse-style: the last word after the greedy --vlans is the script.
+    let run = vmrig()
+        .arg("--start-scripts")
+        .arg(&script)
+        .args(["--vlans", "1"])
+        .arg(&test)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stdout.contains("caught RequestedAssertionFailed"),
+        "{stdout}"
+    );
+    let bangs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("!!! ")).collect();
+    assert!(
+        bangs.iter().any(|l| l.contains("line 9, in check")),
+        "{stderr}"
+    );
+    assert!(
+        bangs.iter().any(
+            |l| l.contains("test_driver.errors.RequestedAssertionFailed")
+                && l.contains("exit code 4")
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !bangs.iter().any(|l| l.contains("prelude")),
+        "only the script's frames: {stderr}"
+    );
+    assert_no_qemu_left(dir.path());
+}
+
+#[test]
+fn current_config_json_and_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(
+        &test,
+        "start_all()\nmachine.succeed('true')\nprint(driver.out_dir)\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config.json");
+    let json = serde_json::json!({
+        "vms": {"machine": {"name": "machine", "start_script": script}},
+        "containers": {},
+        "vlans": [1],
+        "global_timeout": 600,
+        "enable_ssh_backdoor": false,
+        "test_script": test,
+    });
+    std::fs::write(&config, json.to_string()).unwrap();
+    let run = vmrig()
+        .arg("-c")
+        .arg(&config)
+        .arg("-o")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&*dir.path().to_string_lossy()));
+    assert_no_qemu_left(dir.path());
+
+    let mut with_containers = json.clone();
+    with_containers["containers"] = serde_json::json!({"c": {"name": "c"}});
+    std::fs::write(&config, with_containers.to_string()).unwrap();
+    let run = vmrig().arg("-c").arg(&config).output().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr)
+        .contains("`containers` (systemd-nspawn machines) are not supported"));
+}
+
+#[test]
+fn usage_errors_are_clear() {
+    let run = vmrig().arg("test.py").output().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("no machines: give --start-scripts"));
+    // As with argparse, a trailing non-number after --vlans is the test script.
+    let run = vmrig()
+        .args(["--start-scripts", "a-vm", "--vlans", "1", "nosuch.py"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("test script nosuch.py does not exist"));
+    let run = vmrig()
+        .args([
+            "--start-scripts",
+            "a-vm",
+            "--vlans",
+            "1",
+            "x2",
+            "--test-script",
+            "t.py",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&run.stderr).contains("`x2` is not a VLAN number"));
+    let run = vmrig().args(["--log-level", "loud"]).output().unwrap();
+    assert_eq!(run.status.code(), Some(2), "clap's usage error");
+}

@@ -1,0 +1,480 @@
+//! The native module `_vmrig`: thin classes over the Rust driver. Python's
+//! names, keyword arguments and defaults live in the prelude (`prelude.py`);
+//! this layer converts values and errors, and releases the GIL while the
+//! driver blocks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use vmrig_driver::{Driver, Error, Machine, SubtestResult};
+
+/// Turns a driver error into NixOS's exception: assertion failures and
+/// timeouts of waits are `RequestedAssertionFailed`, the rest `MachineError`.
+pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let class = if matches!(e, Error::Assertion { .. } | Error::Timeout { .. }) {
+        "RequestedAssertionFailed"
+    } else {
+        "MachineError"
+    };
+    match py
+        .import("test_driver.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.call1((e.to_string(),)))
+    {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(_) => PyRuntimeError::new_err(e.to_string()),
+    }
+}
+
+fn secs(s: Option<f64>) -> Option<Duration> {
+    s.map(|s| Duration::from_secs_f64(s.max(0.0)))
+}
+
+/// One machine (wrapped by `Machine` in the prelude).
+#[pyclass(name = "_Machine", module = "_vmrig", frozen)]
+pub struct PyMachine {
+    pub(crate) m: Machine,
+}
+
+macro_rules! blocking {
+    ($py:expr, $self:expr, |$m:ident| $body:expr) => {{
+        let $m = $self.m.clone();
+        $py.allow_threads(move || $body).map_err(|e| to_py($py, e))
+    }};
+}
+
+#[pymethods]
+impl PyMachine {
+    #[getter]
+    fn name(&self) -> String {
+        self.m.name().to_owned()
+    }
+    #[getter]
+    fn state_dir(&self) -> PathBuf {
+        self.m.config().state_dir.clone()
+    }
+    #[getter]
+    fn shared_dir(&self) -> PathBuf {
+        self.m.config().shared_dir.clone()
+    }
+    #[getter]
+    fn out_dir(&self) -> PathBuf {
+        self.m.config().out_dir.clone()
+    }
+    #[getter]
+    fn pid(&self) -> Option<u32> {
+        self.m.pid()
+    }
+    #[getter]
+    fn booted(&self) -> bool {
+        self.m.is_booted()
+    }
+    #[getter]
+    fn connected(&self) -> bool {
+        self.m.is_connected()
+    }
+    fn is_up(&self) -> bool {
+        self.m.is_up()
+    }
+    fn start(&self, py: Python<'_>, allow_reboot: bool) -> PyResult<()> {
+        blocking!(py, self, |m| m.start(allow_reboot))
+    }
+    fn connect(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.connect())
+    }
+    #[pyo3(signature = (command, check_return, check_output, timeout))]
+    fn execute(
+        &self,
+        py: Python<'_>,
+        command: String,
+        check_return: bool,
+        check_output: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<(i32, String)> {
+        blocking!(py, self, |m| m.execute(
+            &command,
+            check_return,
+            check_output,
+            secs(timeout)
+        ))
+    }
+    #[pyo3(signature = (commands, timeout))]
+    fn succeed(
+        &self,
+        py: Python<'_>,
+        commands: Vec<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<String> {
+        blocking!(py, self, |m| m.succeed(
+            &commands.iter().map(String::as_str).collect::<Vec<_>>(),
+            secs(timeout)
+        ))
+    }
+    #[pyo3(signature = (commands, timeout))]
+    fn fail(
+        &self,
+        py: Python<'_>,
+        commands: Vec<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<String> {
+        blocking!(py, self, |m| m.fail(
+            &commands.iter().map(String::as_str).collect::<Vec<_>>(),
+            secs(timeout)
+        ))
+    }
+    fn wait_until_succeeds(
+        &self,
+        py: Python<'_>,
+        command: String,
+        timeout: f64,
+    ) -> PyResult<String> {
+        blocking!(py, self, |m| m
+            .wait_until_succeeds(&command, Duration::from_secs_f64(timeout)))
+    }
+    fn wait_until_fails(&self, py: Python<'_>, command: String, timeout: f64) -> PyResult<String> {
+        blocking!(py, self, |m| m
+            .wait_until_fails(&command, Duration::from_secs_f64(timeout)))
+    }
+    #[pyo3(signature = (q, user))]
+    fn systemctl(
+        &self,
+        py: Python<'_>,
+        q: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        blocking!(py, self, |m| m.systemctl(&q, user.as_deref()))
+    }
+    #[pyo3(signature = (unit, user, timeout))]
+    fn wait_for_unit(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+        timeout: f64,
+    ) -> PyResult<()> {
+        blocking!(py, self, |m| m.wait_for_unit(
+            &unit,
+            user.as_deref(),
+            Duration::from_secs_f64(timeout)
+        ))
+    }
+    #[pyo3(signature = (unit, user))]
+    fn get_unit_info(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+    ) -> PyResult<std::collections::BTreeMap<String, String>> {
+        blocking!(py, self, |m| m.get_unit_info(&unit, user.as_deref()))
+    }
+    #[pyo3(signature = (unit, property, user))]
+    fn get_unit_property(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        property: String,
+        user: Option<String>,
+    ) -> PyResult<String> {
+        blocking!(py, self, |m| m.get_unit_property(
+            &unit,
+            &property,
+            user.as_deref()
+        ))
+    }
+    fn require_unit_state(&self, py: Python<'_>, unit: String, state: String) -> PyResult<()> {
+        blocking!(py, self, |m| m.require_unit_state(&unit, &state))
+    }
+    #[pyo3(signature = (unit, user))]
+    fn start_job(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        blocking!(py, self, |m| m.start_job(&unit, user.as_deref()))
+    }
+    #[pyo3(signature = (unit, user))]
+    fn stop_job(
+        &self,
+        py: Python<'_>,
+        unit: String,
+        user: Option<String>,
+    ) -> PyResult<(i32, String)> {
+        blocking!(py, self, |m| m.stop_job(&unit, user.as_deref()))
+    }
+    fn wait_for_file(&self, py: Python<'_>, path: String, timeout: f64) -> PyResult<()> {
+        blocking!(py, self, |m| m
+            .wait_for_file(&path, Duration::from_secs_f64(timeout)))
+    }
+    fn wait_for_open_port(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        addr: String,
+        timeout: f64,
+    ) -> PyResult<()> {
+        blocking!(py, self, |m| m.wait_for_open_port(
+            port,
+            &addr,
+            Duration::from_secs_f64(timeout)
+        ))
+    }
+    fn wait_for_closed_port(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        addr: String,
+        timeout: f64,
+    ) -> PyResult<()> {
+        blocking!(py, self, |m| m.wait_for_closed_port(
+            port,
+            &addr,
+            Duration::from_secs_f64(timeout)
+        ))
+    }
+    fn wait_for_open_unix_socket(
+        &self,
+        py: Python<'_>,
+        addr: String,
+        is_datagram: bool,
+        timeout: f64,
+    ) -> PyResult<()> {
+        blocking!(py, self, |m| m.wait_for_open_unix_socket(
+            &addr,
+            is_datagram,
+            Duration::from_secs_f64(timeout)
+        ))
+    }
+    fn get_tty_text(&self, py: Python<'_>, tty: String) -> PyResult<String> {
+        blocking!(py, self, |m| m.get_tty_text(&tty))
+    }
+    fn wait_until_tty_matches(
+        &self,
+        py: Python<'_>,
+        tty: String,
+        regexp: String,
+        timeout: f64,
+    ) -> PyResult<()> {
+        blocking!(py, self, |m| m.wait_until_tty_matches(
+            &tty,
+            &regexp,
+            Duration::from_secs_f64(timeout)
+        ))
+    }
+    fn dump_tty_contents(&self, py: Python<'_>, tty: String) -> PyResult<()> {
+        blocking!(py, self, |m| m.dump_tty_contents(&tty))
+    }
+    #[pyo3(signature = (key, delay))]
+    fn send_key(&self, py: Python<'_>, key: String, delay: Option<f64>) -> PyResult<()> {
+        blocking!(py, self, |m| m.send_key(&key, secs(delay)))
+    }
+    #[pyo3(signature = (chars, delay))]
+    fn send_chars(&self, py: Python<'_>, chars: String, delay: Option<f64>) -> PyResult<()> {
+        blocking!(py, self, |m| m.send_chars(&chars, secs(delay)))
+    }
+    fn send_console(&self, py: Python<'_>, chars: String) -> PyResult<()> {
+        blocking!(py, self, |m| m.send_console(&chars))
+    }
+    fn send_monitor_command(&self, py: Python<'_>, command: String) -> PyResult<String> {
+        blocking!(py, self, |m| m.send_monitor_command(&command))
+    }
+    fn screenshot(&self, py: Python<'_>, name: String) -> PyResult<PathBuf> {
+        blocking!(py, self, |m| m.screenshot(&name))
+    }
+    fn get_screen_text(&self, py: Python<'_>) -> PyResult<String> {
+        blocking!(py, self, |m| m.get_screen_text())
+    }
+    fn get_screen_text_variants(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        blocking!(py, self, |m| m.get_screen_text_variants())
+    }
+    fn wait_for_text(&self, py: Python<'_>, regex: String, timeout: f64) -> PyResult<()> {
+        blocking!(py, self, |m| m
+            .wait_for_text(&regex, Duration::from_secs_f64(timeout)))
+    }
+    #[pyo3(signature = (regex, timeout))]
+    fn wait_for_console_text(
+        &self,
+        py: Python<'_>,
+        regex: String,
+        timeout: Option<f64>,
+    ) -> PyResult<String> {
+        blocking!(py, self, |m| m.wait_for_console_text(&regex, secs(timeout)))
+    }
+    fn get_console_log(&self) -> String {
+        self.m.console_log()
+    }
+    fn wait_for_x(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        blocking!(py, self, |m| m.wait_for_x(Duration::from_secs_f64(timeout)))
+    }
+    fn get_window_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        blocking!(py, self, |m| m.get_window_names())
+    }
+    fn wait_for_window(&self, py: Python<'_>, regexp: String, timeout: f64) -> PyResult<()> {
+        blocking!(py, self, |m| m
+            .wait_for_window(&regexp, Duration::from_secs_f64(timeout)))
+    }
+    fn forward_port(&self, py: Python<'_>, host_port: u16, guest_port: u16) -> PyResult<()> {
+        blocking!(py, self, |m| m.forward_port(host_port, guest_port))
+    }
+    fn block(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.block_network())
+    }
+    fn unblock(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.unblock_network())
+    }
+    fn copy_from_host(&self, py: Python<'_>, source: PathBuf, target: String) -> PyResult<()> {
+        blocking!(py, self, |m| m.copy_from_host(&source, &target))
+    }
+    fn copy_from_host_via_shell(
+        &self,
+        py: Python<'_>,
+        source: PathBuf,
+        target: String,
+    ) -> PyResult<()> {
+        blocking!(py, self, |m| m.copy_from_host_via_shell(&source, &target))
+    }
+    fn copy_from_machine(
+        &self,
+        py: Python<'_>,
+        source: String,
+        target_dir: String,
+    ) -> PyResult<PathBuf> {
+        blocking!(py, self, |m| m.copy_from_machine(&source, &target_dir))
+    }
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.shutdown())
+    }
+    fn crash(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.crash())
+    }
+    fn reboot(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.reboot())
+    }
+    fn wait_for_shutdown(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        blocking!(py, self, |m| m
+            .wait_for_shutdown(Duration::from_secs_f64(timeout)))
+    }
+    fn switch_root(&self, py: Python<'_>) -> PyResult<()> {
+        blocking!(py, self, |m| m.switch_root())
+    }
+    fn release(&self, py: Python<'_>) {
+        let m = self.m.clone();
+        py.allow_threads(move || m.release());
+    }
+    /// Waits for a QMP event whose dict `filter` accepts; returns the event as a dict.
+    fn wait_for_qmp_event(
+        &self,
+        py: Python<'_>,
+        filter: PyObject,
+        timeout: f64,
+    ) -> PyResult<PyObject> {
+        let m = self.m.clone();
+        let filter = Arc::new(filter);
+        let event = py
+            .allow_threads(move || {
+                m.wait_for_qmp_event(
+                    |e| {
+                        Python::with_gil(|py| {
+                            let d = PyDict::new(py);
+                            let _ = d.set_item("event", &e.event);
+                            if let Ok(data) = serde_json::to_string(&e.data) {
+                                let _ = py
+                                    .import("json")
+                                    .and_then(|j| j.call_method1("loads", (data,)))
+                                    .and_then(|v| d.set_item("data", v));
+                            }
+                            filter
+                                .call1(py, (d,))
+                                .and_then(|r| r.is_truthy(py))
+                                .unwrap_or(false)
+                        })
+                    },
+                    Duration::from_secs_f64(timeout),
+                )
+            })
+            .map_err(|e| to_py(py, e))?;
+        let d = PyDict::new(py);
+        d.set_item("event", event.event)?;
+        Ok(d.into_any().unbind())
+    }
+}
+
+/// The test run (wrapped by the prelude's globals).
+#[pyclass(name = "_Driver", module = "_vmrig", frozen)]
+pub struct PyDriver {
+    pub(crate) driver: Arc<Driver>,
+}
+
+#[pymethods]
+impl PyDriver {
+    #[getter]
+    fn out_dir(&self) -> PathBuf {
+        std::path::absolute(&self.driver.options().out_dir)
+            .unwrap_or_else(|_| self.driver.options().out_dir.clone())
+    }
+    fn machines(&self) -> Vec<PyMachine> {
+        self.driver
+            .machines()
+            .into_iter()
+            .map(|m| PyMachine { m })
+            .collect()
+    }
+    fn vlans(&self) -> Vec<u8> {
+        self.driver.vlans().iter().map(|v| v.nr()).collect()
+    }
+    fn start_all(&self, py: Python<'_>) -> PyResult<()> {
+        let d = self.driver.clone();
+        py.allow_threads(move || d.start_all())
+            .map_err(|e| to_py(py, e))
+    }
+    fn join_all(&self, py: Python<'_>) -> PyResult<()> {
+        let d = self.driver.clone();
+        py.allow_threads(move || d.join_all())
+            .map_err(|e| to_py(py, e))
+    }
+    fn create_machine(&self, start_script: PathBuf) -> PyResult<PyMachine> {
+        Python::with_gil(|py| {
+            self.driver
+                .create_machine(&start_script)
+                .map(|m| PyMachine { m })
+                .map_err(|e| to_py(py, e))
+        })
+    }
+    /// Records a finished subtest for the JUnit report.
+    #[pyo3(signature = (name, seconds, failure))]
+    fn record_subtest(&self, name: String, seconds: f64, failure: Option<String>) {
+        self.driver.record_subtest(SubtestResult {
+            name,
+            duration: Duration::from_secs_f64(seconds.max(0.0)),
+            failure,
+        });
+    }
+    fn serial_stdout(&self, on: bool) {
+        vmrig_driver::log::set_serial_stdout(on);
+    }
+}
+
+/// Logs a line through the driver's terminal log.
+#[pyfunction]
+fn log(level: &str, message: &str) {
+    match level {
+        "error" => tracing::error!("{message}"),
+        "warning" => tracing::warn!("{message}"),
+        "debug" => tracing::debug!("{message}"),
+        _ => tracing::info!("{message}"),
+    }
+}
+
+/// The `_vmrig` module.
+#[pymodule]
+pub fn _vmrig(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyMachine>()?;
+    m.add_class::<PyDriver>()?;
+    m.add_function(wrap_pyfunction!(log, m)?)?;
+    let _ = PyList::empty(m.py());
+    Ok(())
+}
