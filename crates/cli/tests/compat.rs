@@ -22,6 +22,13 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `vmrig` whose run directory goes under `dir`, so its QEMU command lines name `dir`.
+fn vmrig_in(dir: &Path) -> Command {
+    let mut c = vmrig();
+    c.env("TMPDIR", dir).env_remove("XDG_RUNTIME_DIR");
+    c
+}
+
 /// Builds examples/hello into `dir/result`; returns its start script.
 fn hello(dir: &Path) -> PathBuf {
     let out = vmrig()
@@ -117,7 +124,7 @@ fn older_flags_failure_output_and_nixos_imports() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     // argparse-style: the last word after the greedy --vlans is the script.
-    let run = vmrig()
+    let run = vmrig_in(dir.path())
         .arg("--start-scripts")
         .arg(&script)
         .args(["--vlans", "1"])
@@ -172,7 +179,7 @@ fn current_config_json_and_its_errors() {
         "test_script": test,
     });
     std::fs::write(&config, json.to_string()).unwrap();
-    let run = vmrig()
+    let run = vmrig_in(dir.path())
         .arg("-c")
         .arg(&config)
         .arg("-o")
@@ -223,4 +230,54 @@ fn usage_errors_are_clear() {
     assert!(String::from_utf8_lossy(&run.stderr).contains("`x2` is not a VLAN number"));
     let run = vmrig().args(["--log-level", "loud"]).output().unwrap();
     assert_eq!(run.status.code(), Some(2), "clap's usage error");
+}
+
+#[test]
+fn ctrl_c_during_a_call_tears_everything_down() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let script = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(&test, "machine.succeed('sleep 600')\n").unwrap();
+    let mut child = vmrig_in(dir.path())
+        .arg("--start-scripts")
+        .arg(&script)
+        .args(["--vlans", "1"])
+        .arg(&test)
+        .arg("-o")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("connected to the backdoor") {
+            break;
+        }
+    }
+    assert!(seen.contains("connected to the backdoor"), "{seen}");
+    std::thread::sleep(Duration::from_millis(500)); // `sleep 600` is running in the guest
+    assert!(
+        !qemu_of(dir.path()).is_empty(),
+        "the check below sees this run's QEMU"
+    );
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's pid has no memory effects.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "vmrig did not exit on SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert_no_qemu_left(dir.path());
 }

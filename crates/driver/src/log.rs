@@ -121,6 +121,7 @@ where
         let title = match (&f.machine, span.name()) {
             (Some(m), _) => format!("{}: {what}", self.paint(&machine_colour(m), m)),
             (None, "subtest") => format!("subtest: {what}"),
+            (None, "section") => what,
             (None, name) => format!("{name}: {what}"),
         };
         let depth = span.scope().skip(1).count();

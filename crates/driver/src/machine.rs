@@ -69,6 +69,9 @@ struct Inner {
     running: Mutex<Option<Running>>,
     booted: AtomicBool,
     connected: AtomicBool,
+    /// QEMU's pid while it runs (0: none), readable while a command holds
+    /// `running`: the signal handler and the watchdog kill by it.
+    pid: std::sync::atomic::AtomicU32,
     /// Where the next `wait_for_console_text` starts reading (NixOS consumes a
     /// queue of console lines; text before the cursor was consumed).
     console_cursor: std::sync::atomic::AtomicUsize,
@@ -76,7 +79,6 @@ struct Inner {
 
 struct Running {
     child: Child,
-    pid: u32,
     stdin: Option<ChildStdin>,
     shell: Shell<UnixStream>,
     /// Set by `reboot()`: the guest prints the magic line again.
@@ -105,6 +107,7 @@ impl Machine {
                 booted: AtomicBool::new(false),
                 connected: AtomicBool::new(false),
                 console_cursor: std::sync::atomic::AtomicUsize::new(0),
+                pid: std::sync::atomic::AtomicU32::new(0),
             }),
         }
     }
@@ -254,6 +257,7 @@ impl Machine {
             .spawn()
             .map_err(|e| io(&format!("cannot run {}", cfg.start_script.display()), e))?;
         let pid = child.id().unwrap_or(0);
+        self.inner.pid.store(pid, Ordering::SeqCst);
         // Before anything polls `child.wait()`, which closes the child's stdin.
         let stdin = child.stdin.take();
         for out in [
@@ -303,7 +307,6 @@ impl Machine {
         *running = Some(Running {
             stdin,
             child,
-            pid,
             shell: Shell::new(shell),
             await_magic: false,
             qmp,
@@ -713,6 +716,7 @@ impl Machine {
             tracing::info!(machine = %self.name(), "QEMU exited: {}", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
         }
         *running = None;
+        self.inner.pid.store(0, Ordering::SeqCst);
         self.inner.booted.store(false, Ordering::SeqCst);
         self.inner.connected.store(false, Ordering::SeqCst);
         Ok(())
@@ -840,16 +844,13 @@ impl Machine {
 
     /// Kills QEMU at once (used at the end of a run, on errors and interrupts).
     pub fn kill(&self) {
+        // By pid first: a command in flight may hold `running` for minutes.
+        let pid = self.inner.pid.swap(0, Ordering::SeqCst);
+        if pid != 0 {
+            kill_group(pid);
+        }
         if let Ok(mut running) = self.inner.running.try_lock() {
-            if let Some(r) = running.as_mut() {
-                kill_group(r.pid);
-            }
             *running = None;
-        } else {
-            // Someone holds the lock (a command in flight): kill by pid anyway.
-            if let Some(pid) = self.pid() {
-                kill_group(pid);
-            }
         }
         self.inner.booted.store(false, Ordering::SeqCst);
         self.inner.connected.store(false, Ordering::SeqCst);
@@ -857,11 +858,7 @@ impl Machine {
 
     /// QEMU's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.inner
-            .running
-            .try_lock()
-            .ok()
-            .and_then(|r| r.as_ref().map(|r| r.pid))
+        Some(self.inner.pid.load(Ordering::SeqCst)).filter(|p| *p != 0)
     }
 }
 

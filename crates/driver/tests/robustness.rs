@@ -166,18 +166,19 @@ fn a_passing_run_leaves_nothing() {
 fn the_global_timeout_stops_every_machine() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(guest(dir.path()), dir.path());
-    opts.global_timeout = Duration::from_secs(20);
+    opts.global_timeout = Duration::from_secs(25);
     let driver = Driver::new(opts).unwrap();
     let m = driver.machine("solo").unwrap();
+    m.connect().unwrap();
+    let pid = m.pid().unwrap();
     let e = driver
-        .subtest("runs too long", || {
-            m.connect()?;
-            m.succeed(&["sleep 600"], None)
-        })
+        .subtest("runs too long", || m.succeed(&["sleep 600"], None))
         .unwrap_err();
+    // The watchdog killed QEMU mid-command: it is gone while the driver lives.
+    assert_gone(pid);
     assert!(driver.timed_out());
     assert!(
-        e.to_string().contains("global timeout of 20 s reached"),
+        e.to_string().contains("global timeout of 25 s reached"),
         "{e}"
     );
     assert!(!m.is_booted());

@@ -469,12 +469,39 @@ fn log(level: &str, message: &str) {
     }
 }
 
+thread_local! {
+    /// Sections opened by Python's `log.nested` on this thread, innermost last.
+    static SECTIONS: std::cell::RefCell<Vec<tracing::Span>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Opens a nested log section (a `tracing` span) until [`section_exit`].
+#[pyfunction]
+fn section_enter(message: &str) {
+    let span = tracing::info_span!("section", message = %message);
+    if let Some(id) = span.id() {
+        tracing::dispatcher::get_default(|d| d.enter(&id));
+    }
+    SECTIONS.with(|s| s.borrow_mut().push(span));
+}
+
+/// Closes the innermost section opened by [`section_enter`].
+#[pyfunction]
+fn section_exit() {
+    if let Some(span) = SECTIONS.with(|s| s.borrow_mut().pop()) {
+        if let Some(id) = span.id() {
+            tracing::dispatcher::get_default(|d| d.exit(&id));
+        }
+    }
+}
+
 /// The `_vmrig` module.
 #[pymodule]
 pub fn _vmrig(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMachine>()?;
     m.add_class::<PyDriver>()?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
+    m.add_function(wrap_pyfunction!(section_enter, m)?)?;
+    m.add_function(wrap_pyfunction!(section_exit, m)?)?;
     let _ = PyList::empty(m.py());
     Ok(())
 }

@@ -71,12 +71,12 @@ class _Logger:
 
     @contextlib.contextmanager
     def nested(self, message, attributes=None):
-        start = time.monotonic()
-        _vmrig.log("info", message)
+        # A span in the driver's log: printed with its duration, nested.
+        _vmrig.section_enter(message)
         try:
             yield
         finally:
-            _vmrig.log("info", f"(finished: {message}, in {time.monotonic() - start:.2f} seconds)")
+            _vmrig.section_exit()
 
 
 log = _Logger()
