@@ -503,26 +503,19 @@ impl Machine {
 
     /// Waits until a TCP port accepts connections in the guest (`nc -z`).
     pub fn wait_for_open_port(&self, port: u16, addr: &str, timeout: Duration) -> Result<()> {
-        let cmd = format!("nc -z {} {port}", vmrig_quote(addr));
-        self.retry_command(
-            &cmd,
-            timeout,
-            true,
-            &format!("waiting for port {port} on {addr} to open"),
-        )
-        .map(drop)
+        self.wait_for_port(port, addr, timeout, true)
     }
 
     /// Waits until nothing listens on a TCP port any more.
     pub fn wait_for_closed_port(&self, port: u16, addr: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_port(port, addr, timeout, false)
+    }
+
+    fn wait_for_port(&self, port: u16, addr: &str, timeout: Duration, open: bool) -> Result<()> {
         let cmd = format!("nc -z {} {port}", vmrig_quote(addr));
-        self.retry_command(
-            &cmd,
-            timeout,
-            false,
-            &format!("waiting for port {port} on {addr} to close"),
-        )
-        .map(drop)
+        let state = if open { "open" } else { "close" };
+        let what = format!("waiting for port {port} on {addr} to {state}");
+        self.retry_command(&cmd, timeout, open, &what).map(drop)
     }
 
     /// Waits until a file exists in the guest.

@@ -300,22 +300,7 @@ async fn migrate_to_a_file_and_back_in() {
     assert!(std::fs::metadata(&file).unwrap().len() > 1024);
 
     // Same machine, waiting for an incoming migration.
-    let target = Qemu::start(&[
-        "-M",
-        "pc",
-        "-accel",
-        "tcg",
-        "-m",
-        "32",
-        "-vga",
-        "std",
-        "-netdev",
-        "user,id=net0",
-        "-device",
-        "e1000,netdev=net0,id=nic0",
-        "-incoming",
-        "defer",
-    ]);
+    let target = Qemu::start(&[common::PC, &["-incoming", "defer"]].concat());
     let qmp2 = target.connect().await;
     assert_eq!(
         qmp2.execute(QueryStatus).await.unwrap().status,

@@ -19,6 +19,23 @@ pub struct Qemu {
     pub qmp: PathBuf,
 }
 
+/// The arguments of [`Qemu::pc`]'s machine (also the target of a migration,
+/// whose device configuration must match).
+pub const PC: &[&str] = &[
+    "-M",
+    "pc",
+    "-accel",
+    "tcg",
+    "-m",
+    "32",
+    "-vga",
+    "std",
+    "-netdev",
+    "user,id=net0",
+    "-device",
+    "e1000,netdev=net0,id=nic0",
+];
+
 impl Qemu {
     /// `qemu-system-x86_64 -M none`: no guest at all, fastest start.
     pub fn none() -> Qemu {
@@ -29,20 +46,7 @@ impl Qemu {
     /// screendump, send-key, set_link, reset and powerdown. Starts paused (`-S`)
     /// unless `running`.
     pub fn pc(running: bool) -> Qemu {
-        let mut args = vec![
-            "-M",
-            "pc",
-            "-accel",
-            "tcg",
-            "-m",
-            "32",
-            "-vga",
-            "std",
-            "-netdev",
-            "user,id=net0",
-            "-device",
-            "e1000,netdev=net0,id=nic0",
-        ];
+        let mut args = PC.to_vec();
         if !running {
             args.push("-S");
         }
