@@ -70,7 +70,8 @@ pub(crate) struct Capture {
 
 pub(crate) struct State {
     pub(crate) core: SwitchCore,
-    data_paths: HashMap<PortId, PathBuf>,
+    /// Each port's files in the directory: our data socket and the client's.
+    data_paths: HashMap<PortId, [PathBuf; 2]>,
     pub(crate) capture: Option<Capture>,
     pub(crate) rng: SmallRng,
     pub(crate) deliveries: Vec<Delivery>,
@@ -329,7 +330,7 @@ impl Drop for Switch {
             engine.stop();
         }
         let mut state = self.shared.lock();
-        for (_, path) in state.data_paths.drain() {
+        for path in state.data_paths.drain().flat_map(|(_, paths)| paths) {
             let _ = std::fs::remove_file(path);
         }
         if let Some(mut cap) = state.capture.take() {
@@ -513,7 +514,10 @@ fn open_port(
     })();
     match opened {
         Ok(sock) => {
-            shared.lock().data_paths.insert(port, data_path.clone());
+            shared
+                .lock()
+                .data_paths
+                .insert(port, [data_path.clone(), client.to_owned()]);
             Ok((port, sock, data_path))
         }
         Err(e) => {
@@ -527,9 +531,10 @@ fn open_port(
 fn close_port(shared: &Shared, port: PortId) {
     {
         let mut state = shared.lock();
-        // The socket file goes before the port does: whoever sees the port gone sees a
-        // clean directory.
-        if let Some(path) = state.data_paths.remove(&port) {
+        // The socket files go before the port does: whoever sees the port gone sees a
+        // clean directory. A client killed before it unlinked its own socket (QEMU
+        // under SIGKILL) would otherwise leave it behind in our directory.
+        for path in state.data_paths.remove(&port).into_iter().flatten() {
             let _ = std::fs::remove_file(path);
         }
         state.core.remove_port(port);
