@@ -104,57 +104,75 @@ pub fn build(definition: &Path, out: &Path, opts: &BuildOptions) -> Result<Build
 /// Builds an already parsed definition into `out`.
 pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Result<BuildOutput> {
     let start = Instant::now();
-    for node in def.nodes.values() {
-        if node.flavour != Flavour::Busybox {
-            return Err(Error::Unsupported {
-                path: def.path.clone(),
-                node: node.name.clone(),
-                flavour: "debian".into(),
-            });
-        }
-    }
-
     let kernel = match &opts.kernel {
         Some(image) => Kernel::from_image(image, Path::new("/lib/modules"))?,
         None => Kernel::find(Path::new("/boot"), Path::new("/lib/modules"))?,
     };
-    let base = base_inputs(kernel)?;
     let programs = node_programs(&def)?;
 
     let cache = &opts.cache_dir;
     std::fs::create_dir_all(cache)
         .context(|| format!("cannot create cache directory {}", cache.display()))?;
 
-    // The base archive: every host file in it, hashed by content.
-    let mut h = blake3::Hasher::new();
-    h.update(b"vmrig-guest base v1\0");
-    h.update(env!("CARGO_PKG_VERSION").as_bytes());
-    let base_archive = image::base_archive(&base, &decompress_module)
-        .context(|| "cannot assemble the base guest".to_owned())?;
-    hash_archive(&mut h, &base_archive)?;
-    let base_key = h.finalize().to_hex()[..32].to_owned();
-    let base_path = cache.join("base").join(format!("{base_key}.cpio"));
-    let mut all_cached = true;
-    if !base_path.is_file() {
-        all_cached = false;
-        write_atomic(&base_path, |f| base_archive.write_to(f).map(drop))?;
-    }
-
-    let kernel_key = hash_file(&base.kernel.image)?;
+    let kernel_key = hash_file(&kernel.image)?;
     let (kernel_path, bzimage_path, kernel_cached) = boot_kernel(
         &cache.join("boot-kernels").join(&kernel_key[..32]),
-        &base.kernel.image,
+        &kernel.image,
     )?;
-    all_cached &= kernel_cached;
+    let mut all_cached = kernel_cached;
 
-    let (accel, accel_reason) = resolve_accel(opts, &base, &kernel_key)?;
+    // The base archives (one per flavour in use): every host file in them, hashed by content.
+    let mut bases: std::collections::BTreeMap<Flavour, (BaseInputs, String, PathBuf)> =
+        std::collections::BTreeMap::new();
+    for flavour in def.nodes.values().map(|n| n.flavour) {
+        if bases.contains_key(&flavour) {
+            continue;
+        }
+        let modules = match flavour {
+            Flavour::Busybox => GUEST_MODULES,
+            Flavour::Debian => crate::debian::INITRD_MODULES,
+        };
+        let base = base_inputs(kernel.clone(), modules)?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"vmrig-guest base v1\0");
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let base_archive = image::base_archive(&base, &decompress_module)
+            .context(|| "cannot assemble the base guest".to_owned())?;
+        hash_archive(&mut h, &base_archive)?;
+        let base_key = h.finalize().to_hex()[..32].to_owned();
+        let base_path = cache.join("base").join(format!("{base_key}.cpio"));
+        if !base_path.is_file() {
+            all_cached = false;
+            write_atomic(&base_path, |f| base_archive.write_to(f).map(drop))?;
+        }
+        bases.insert(flavour, (base, base_key, base_path));
+    }
+    let probe_base = &bases.values().next().expect("a definition has nodes").0;
+    let (accel, accel_reason) = resolve_accel(opts, probe_base, &kernel_key)?;
 
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin).context(|| format!("cannot create {}", bin.display()))?;
     let mut nodes = Vec::new();
     for node in def.nodes.values() {
-        let archive = image::node_archive(&def, node, &programs[&node.name])
-            .context(|| format!("node `{}`: cannot assemble the guest", node.name))?;
+        let (_, base_key, base_path) = &bases[&node.flavour];
+        let (archive, layer) = match node.flavour {
+            Flavour::Busybox => {
+                let archive = image::node_archive(&def, node, &programs[&node.name])
+                    .context(|| format!("node `{}`: cannot assemble the guest", node.name))?;
+                (archive, None)
+            }
+            Flavour::Debian => {
+                let layer = crate::debian::layer(
+                    cache,
+                    &kernel,
+                    &crate::debian::Packages::of(node),
+                    &mut |line| tracing::info!("node `{}`: {line}", node.name),
+                )
+                .map_err(|e| node_error(&def, node, e))?;
+                all_cached &= layer.cached;
+                (crate::debian::node_archive(&def, node), Some(layer.image))
+            }
+        };
         let mut h = blake3::Hasher::new();
         h.update(b"vmrig-guest node v1\0");
         h.update(base_key.as_bytes());
@@ -165,7 +183,7 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
         if !cached {
             all_cached = false;
             write_atomic(&initrd, |f| {
-                std::io::copy(&mut std::fs::File::open(&base_path)?, f)?;
+                std::io::copy(&mut std::fs::File::open(base_path)?, f)?;
                 archive.write_to(f).map(drop)
             })?;
         }
@@ -179,6 +197,11 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
                     &kernel_path
                 },
                 initrd: &initrd,
+                disk_base: layer.as_deref(),
+                params: match node.flavour {
+                    Flavour::Busybox => "",
+                    Flavour::Debian => crate::debian::KERNEL_PARAMS,
+                },
             },
             accel,
         );
@@ -186,7 +209,11 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
         let guest_dir = out.join("guests").join(&node.name);
         std::fs::create_dir_all(&guest_dir)
             .context(|| format!("cannot create {}", guest_dir.display()))?;
-        for (name, target) in [("kernel", &kernel_path), ("initrd", &initrd)] {
+        let mut links = vec![("kernel", &kernel_path), ("initrd", &initrd)];
+        if let Some(layer) = &layer {
+            links.push(("disk-base.qcow2", layer));
+        }
+        for (name, target) in links {
             relink(&guest_dir.join(name), target)?;
         }
         nodes.push(BuiltNode {
@@ -205,14 +232,29 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
         nodes,
         accel,
         accel_reason,
-        kernel_release: base.kernel.release.clone(),
+        kernel_release: kernel.release.clone(),
         cached: all_cached,
         elapsed: start.elapsed(),
     })
 }
 
-fn base_inputs(kernel: Kernel) -> Result<BaseInputs> {
-    let modules = kernel.resolve_modules(GUEST_MODULES)?;
+/// Names the node in a debian build error.
+fn node_error(def: &Definition, node: &crate::definition::Node, e: Error) -> Error {
+    match e {
+        Error::Command { command, message } => Error::Command {
+            command,
+            message: format!(
+                "{}: node `{}` (flavour debian): {message}",
+                def.path.display(),
+                node.name
+            ),
+        },
+        other => other,
+    }
+}
+
+fn base_inputs(kernel: Kernel, wanted: &[(&str, &str)]) -> Result<BaseInputs> {
+    let modules = kernel.resolve_modules(wanted)?;
     let busybox = static_program("busybox", "busybox-static")?;
     let bash = static_program("bash-static", "bash-static")?;
     let list = Command::new(&busybox)
@@ -279,11 +321,13 @@ fn node_programs(def: &Definition) -> Result<std::collections::BTreeMap<String, 
                 })
                 .collect()
         };
-        let mut progs = NodePrograms {
-            system: resolve(&node.packages, &|i| format!("packages[{i}]"))?,
-            ..Default::default()
-        };
-        for (uname, user) in &node.users {
+        let mut progs = NodePrograms::default();
+        // Debian nodes name apt packages, installed in the image, not host programs.
+        let host_programs = node.flavour == Flavour::Busybox;
+        if host_programs {
+            progs.system = resolve(&node.packages, &|i| format!("packages[{i}]"))?;
+        }
+        for (uname, user) in node.users.iter().filter(|_| host_programs) {
             let list = resolve(&user.packages, &|i| format!("users.{uname}.packages[{i}]"))?;
             if !list.is_empty() {
                 progs.users.insert(uname.clone(), list);

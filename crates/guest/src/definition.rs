@@ -47,7 +47,9 @@ pub struct Definition {
 }
 
 /// How a node's guest is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavour {
     /// Initramfs guest: host kernel, busybox, bash; boots in seconds; no systemd.
@@ -120,6 +122,9 @@ pub struct User {
     pub packages: Vec<String>,
     /// Home directory.
     pub home: String,
+    /// More names on this user's PATH: name -> program it runs (a name on the
+    /// user's PATH or an absolute path), e.g. `firefox = "firefox-esr"`.
+    pub aliases: BTreeMap<String, String>,
 }
 
 /// A service started at boot.
@@ -222,6 +227,8 @@ struct RawUser {
     packages: Vec<String>,
     #[serde(default)]
     home: Option<String>,
+    #[serde(default)]
+    aliases: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -374,7 +381,9 @@ impl Node {
             });
         }
 
-        check_packages(&raw.packages).map_err(|(i, why)| err(&format!("packages[{i}]"), why))?;
+        let flavour = raw.flavour;
+        check_packages(&raw.packages, flavour)
+            .map_err(|(i, why)| err(&format!("packages[{i}]"), why))?;
 
         let mut users = BTreeMap::new();
         let mut next_uid = 1000;
@@ -416,8 +425,20 @@ impl Node {
             for (i, g) in u.groups.iter().enumerate() {
                 check_user_name(g).map_err(|why| err(&format!("{field}.groups[{i}]"), why))?;
             }
-            check_packages(&u.packages)
+            check_packages(&u.packages, flavour)
                 .map_err(|(i, why)| err(&format!("{field}.packages[{i}]"), why))?;
+            for (alias, target) in &u.aliases {
+                let bad = alias.is_empty()
+                    || alias.contains(['/', ' ', '\t', '\n'])
+                    || target.is_empty()
+                    || target.contains(char::is_whitespace);
+                if bad {
+                    return Err(err(
+                        &format!("{field}.aliases.{alias}"),
+                        format!("`{alias} = \"{target}\"` must map a command name to a program name or absolute path"),
+                    ));
+                }
+            }
             let home = u.home.unwrap_or_else(|| format!("/home/{uname}"));
             check_guest_path(&home).map_err(|why| err(&format!("{field}.home"), why))?;
             users.insert(
@@ -427,6 +448,7 @@ impl Node {
                     groups: u.groups,
                     packages: u.packages,
                     home,
+                    aliases: u.aliases,
                 },
             );
         }
@@ -602,15 +624,30 @@ fn check_guest_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_packages(packages: &[String]) -> Result<(), (usize, String)> {
+fn check_packages(packages: &[String], flavour: Flavour) -> Result<(), (usize, String)> {
     for (i, p) in packages.iter().enumerate() {
-        let bad = p.is_empty()
-            || p.contains(char::is_whitespace)
-            || (p.contains('/') && !p.starts_with('/'));
+        let bad = match flavour {
+            Flavour::Busybox => {
+                p.is_empty()
+                    || p.contains(char::is_whitespace)
+                    || (p.contains('/') && !p.starts_with('/'))
+            }
+            // Debian package names: lowercase letters, digits, `+-.`, optional `:arch`.
+            Flavour::Debian => {
+                p.len() < 2
+                    || !p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    || !p
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.:".contains(c))
+            }
+        };
         if bad {
             return Err((
                 i,
-                format!("`{p}` must be a program name on the host's PATH (like \"curl\") or an absolute path"),
+                match flavour {
+                    Flavour::Busybox => format!("`{p}` must be a program name on the host's PATH (like \"curl\") or an absolute path"),
+                    Flavour::Debian => format!("`{p}` is not a Debian package name (like \"postgresql\" or \"firefox-esr\")"),
+                },
             ));
         }
         if packages[..i].contains(p) {

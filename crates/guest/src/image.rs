@@ -180,7 +180,7 @@ const INITTAB: &str = "\
 ";
 
 /// The backdoor, as NixOS's test instrumentation runs it (backdoor.service).
-const BACKDOOR: &str = r#"#!/bin/bash
+pub(crate) const BACKDOOR: &str = r#"#!/bin/bash
 # The vmrig/NixOS test backdoor: a root shell reading commands from /dev/hvc0.
 export USER=root HOME=/root DISPLAY=:0.0
 if [[ -e /etc/profile ]]; then source /etc/profile; fi
@@ -263,12 +263,22 @@ pub fn node_archive(
             });
             entry.1.push(uname.clone());
         }
-        if let Some(progs) = programs.users.get(uname) {
-            let dir = format!("/etc/profiles/per-user/{uname}/bin");
+        let dir = format!("/etc/profiles/per-user/{uname}/bin");
+        let progs = programs.users.get(uname);
+        if progs.is_some() || !user.aliases.is_empty() {
             a.dir(&dir, 0o755);
-            for (name, program) in progs {
-                add_program(&mut a, &format!("{dir}/{name}"), program);
-            }
+        }
+        for (name, program) in progs.into_iter().flatten() {
+            add_program(&mut a, &format!("{dir}/{name}"), program);
+        }
+        for (alias, target) in &user.aliases {
+            let own = progs.is_some_and(|p| p.iter().any(|(n, _)| n == target));
+            let to = if target.starts_with('/') || own {
+                target.clone()
+            } else {
+                format!("/bin/{target}")
+            };
+            a.symlink(&format!("{dir}/{alias}"), &to);
         }
     }
     let mut group = String::new();
@@ -312,10 +322,35 @@ while read -r m; do
     insmod "$m" || echo "vmrig: cannot load kernel module $m" >&2
 done < /etc/vmrig/modules
 hostname {name}
-ip link set lo up
-nic() {{ for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && {{ echo "${{d##*/}}"; return 0; }}; done; return 1; }}
 "#,
         name = node.name
+    );
+    s.push_str(&network_commands(node));
+    s.push_str(
+        r#"mkdir -p /tmp/shared
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none shared /tmp/shared \
+    || echo "vmrig: cannot mount the shared directory (9p tag 'shared') at /tmp/shared" >&2
+"#,
+    );
+    for (name, svc) in services_in_order(node) {
+        let cmd = sh_quote(&svc.command);
+        let run = match svc.user.as_deref() {
+            None | Some("root") => format!("setsid /bin/sh -c {cmd}"),
+            Some(user) => format!("setsid su {user} -c {cmd}"),
+        };
+        let _ = writeln!(s, "echo \"vmrig: starting service {name}\" >&2");
+        let _ = writeln!(s, "(cd / && exec {run}) </dev/null >/dev/console 2>&1 &");
+    }
+    s
+}
+
+/// Shell commands that bring up loopback, the VLAN NICs (found by MAC) with
+/// their addresses, and the user-mode NIC.
+pub fn network_commands(node: &Node) -> String {
+    let mut s = String::from(
+        r#"ip link set lo up
+nic() { for d in /sys/class/net/*; do [ "$(cat "$d/address")" = "$1" ] && { echo "${d##*/}"; return 0; }; done; return 1; }
+"#,
     );
     for v in &node.vlans {
         let mac = v.mac(node.index);
@@ -334,20 +369,8 @@ if i=$(nic 52:54:00:12:34:56); then
     ip addr add 10.0.2.15/24 dev "$i"; ip link set "$i" up; ip route add default via 10.0.2.2
     echo "nameserver 10.0.2.3" > /etc/resolv.conf
 fi
-mkdir -p /tmp/shared
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none shared /tmp/shared \
-    || echo "vmrig: cannot mount the shared directory (9p tag 'shared') at /tmp/shared" >&2
 "#,
     );
-    for (name, svc) in services_in_order(node) {
-        let cmd = sh_quote(&svc.command);
-        let run = match svc.user.as_deref() {
-            None | Some("root") => format!("setsid /bin/sh -c {cmd}"),
-            Some(user) => format!("setsid su {user} -c {cmd}"),
-        };
-        let _ = writeln!(s, "echo \"vmrig: starting service {name}\" >&2");
-        let _ = writeln!(s, "(cd / && exec {run}) </dev/null >/dev/console 2>&1 &");
-    }
     s
 }
 

@@ -45,6 +45,7 @@
 pub mod accel;
 pub mod builder;
 pub mod cpio;
+pub mod debian;
 pub mod definition;
 mod error;
 pub mod harness;

@@ -38,6 +38,11 @@ pub struct BootFiles<'a> {
     pub kernel: &'a Path,
     /// The initrd (base + node archives).
     pub initrd: &'a Path,
+    /// The read-only image the node's disk is an overlay of (debian flavour);
+    /// without one the disk starts empty.
+    pub disk_base: Option<&'a Path>,
+    /// Kernel parameters of the flavour, before the node's own.
+    pub params: &'a str,
 }
 
 /// Writes `run-<node>-vm`.
@@ -55,7 +60,7 @@ set -eu
 
 NIX_DISK_IMAGE=$(readlink -f "${{NIX_DISK_IMAGE:-./{name}.qcow2}}")
 if ! test -e "$NIX_DISK_IMAGE"; then
-    "${{VMRIG_QEMU_IMG:-qemu-img}}" create -q -f qcow2 "$NIX_DISK_IMAGE" {disk}M
+    "${{VMRIG_QEMU_IMG:-qemu-img}}" create -q -f qcow2 {disk} "$NIX_DISK_IMAGE"{size}
 fi
 
 if [ -z "${{TMPDIR:-}}" ] || [ -z "${{USE_TMPDIR:-}}" ]; then
@@ -67,7 +72,14 @@ SHARED_DIR=${{SHARED_DIR:-$TMPDIR/xchg}}
 mkdir -p "$SHARED_DIR"
 "#,
         version = env!("CARGO_PKG_VERSION"),
-        disk = node.disk_size,
+        disk = match boot.disk_base {
+            Some(base) => format!("-F qcow2 -b {}", sh_quote(&base.to_string_lossy())),
+            None => String::new(),
+        },
+        size = match boot.disk_base {
+            Some(_) => String::new(),
+            None => format!(" {}M", node.disk_size),
+        },
     );
     for v in &node.vlans {
         let _ = writeln!(
@@ -100,7 +112,9 @@ exec "${{VMRIG_QEMU:-qemu-system-x86_64}}" \
             mac = v.mac(node.index),
         );
     }
-    let params: Vec<&str> = std::iter::once(BASE_KERNEL_PARAMS)
+    let params: Vec<&str> = [BASE_KERNEL_PARAMS, boot.params]
+        .into_iter()
+        .filter(|p| !p.is_empty())
         .chain(node.kernel_params.iter().map(String::as_str))
         .collect();
     let _ = write!(
@@ -190,6 +204,8 @@ mod tests {
         BootFiles {
             kernel: Path::new("/cache/kernel"),
             initrd: Path::new("/cache/my initrd"),
+            disk_base: None,
+            params: "",
         }
     }
 
