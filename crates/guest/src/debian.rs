@@ -59,15 +59,17 @@ pub const INITRD_MODULES: &[(&str, &str)] = &[
     ("9p", "the shared directory at /tmp/shared"),
 ];
 
-/// Kernel parameters of debian nodes: the initrd's init, and NICs named ethN
-/// (NixOS's names; udev cannot rename an interface that is already up).
-pub const KERNEL_PARAMS: &str = "rdinit=/etc/vmrig/debian-init net.ifnames=0";
+/// Kernel parameters of debian nodes: the initrd's init, NICs named ethN
+/// (NixOS's names; udev cannot rename an interface that is already up), and no
+/// status lines on the console (journald forwards the same messages there).
+pub const KERNEL_PARAMS: &str =
+    "rdinit=/etc/vmrig/debian-init net.ifnames=0 systemd.show_status=false";
 
 /// Bumped whenever how the base is built changes.
 const BASE_RECIPE: &str = "vmrig-debian-base v1";
 
 /// Bumped whenever what a layer holds changes (the build code, `instrument`).
-const RECIPE: &str = "vmrig-debian v2";
+const RECIPE: &str = "vmrig-debian v3";
 
 /// Free space the root file system gets beyond its contents, in MiB.
 const FREE_MIB: u64 = 2048;
@@ -617,6 +619,14 @@ fn instrument(root: &Path) -> Result<()> {
         "etc/systemd/journald.conf.d/vmrig.conf",
         "[Journal]\nStorage=volatile\nForwardToConsole=yes\nTTYPath=/dev/ttyS0\nMaxLevelConsole=info\n",
     )?;
+    // Units by description in messages ("Reached target Current graphical user
+    // session", which NixOS's wait_for_x greps the journal for).
+    for manager in ["system", "user"] {
+        write(
+            &format!("etc/systemd/{manager}.conf.d/vmrig.conf"),
+            "[Manager]\nStatusUnitFormat=description\n",
+        )?;
+    }
     // Per-user packages on PATH, also for `su USER -c CMD` (pam_env runs for su).
     let pam_env = root.join("etc/security/pam_env.conf");
     let mut text = std::fs::read_to_string(&pam_env).unwrap_or_default();
