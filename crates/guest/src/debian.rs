@@ -833,6 +833,13 @@ fn setup_script(node: &Node) -> String {
             uid = user.uid,
             home = sh_quote(&user.home),
         );
+        // Files the definition put in the home were copied in as root's.
+        let _ = writeln!(
+            s,
+            "chown -R {uid}:users {home}",
+            uid = user.uid,
+            home = sh_quote(&user.home)
+        );
         let d = format!("/etc/profiles/per-user/{name}/bin");
         let dq = sh_quote(&d);
         let _ = writeln!(s, "rm -rf {dq}; mkdir -p {dq}");
