@@ -12,6 +12,7 @@ mod junit;
 mod progress;
 mod run;
 mod runner;
+mod signals;
 mod test_run;
 mod vde_switch;
 

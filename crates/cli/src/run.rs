@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::runner::{Outcome, Settings, Signals, Test};
+use crate::runner::{Outcome, Settings, Test};
+use crate::signals::Signals;
 
 /// The flags of `vmrig run`.
 #[derive(clap::Args, Debug)]
@@ -262,7 +263,7 @@ fn child_args(args: &RunArgs) -> Vec<String> {
 /// One test run in this process: the child side of [`crate::runner`].
 fn child(args: &RunArgs, guests: &Path) -> ExitCode {
     if let Some(parent) = args.child_of {
-        crate::runner::die_with_parent(parent);
+        crate::signals::die_with_parent(parent);
     }
     let fail = |msg: String| {
         eprintln!("vmrig: error: {msg}");

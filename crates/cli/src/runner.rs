@@ -12,15 +12,14 @@ use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
-
-use rustix::process::{Pid, Signal};
 
 use crate::cache::{self, Hit, Inputs};
 use crate::progress::{Line, Progress};
 use crate::run::shown;
+use crate::signals::{self, Signals};
 
 /// How long an interrupted child may take to stop its machines.
 const GRACE: Duration = Duration::from_secs(15);
@@ -116,81 +115,7 @@ pub struct Finished {
     pub report: Option<String>,
 }
 
-/// SIGINT and SIGTERM, counted, as a background thread sees them.
-pub struct Signals {
-    count: Arc<AtomicUsize>,
-    last: Arc<AtomicI32>,
-}
-
-impl Signals {
-    /// Takes over SIGINT and SIGTERM for this process.
-    pub fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        // Registered before any child exists, so no signal can slip past.
-        let (mut int, mut term) = {
-            let _guard = rt.enter();
-            (
-                signal(SignalKind::interrupt())?,
-                signal(SignalKind::terminate())?,
-            )
-        };
-        let count = Arc::new(AtomicUsize::new(0));
-        let last = Arc::new(AtomicI32::new(0));
-        let (c, l) = (count.clone(), last.clone());
-        std::thread::spawn(move || {
-            rt.block_on(async move {
-                loop {
-                    let sig = tokio::select! {
-                        _ = int.recv() => libc::SIGINT,
-                        _ = term.recv() => libc::SIGTERM,
-                    };
-                    l.store(sig, Ordering::SeqCst);
-                    c.fetch_add(1, Ordering::SeqCst);
-                }
-            });
-        });
-        Ok(Signals { count, last })
-    }
-
-    fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    fn last(&self) -> Option<Signal> {
-        match self.last.load(Ordering::SeqCst) {
-            libc::SIGINT => Some(Signal::INT),
-            libc::SIGTERM => Some(Signal::TERM),
-            _ => None,
-        }
-    }
-
-    /// 130 after SIGINT, 143 after SIGTERM, as the driver exits.
-    pub fn exit_code(&self) -> Option<u8> {
-        match self.last.load(Ordering::SeqCst) {
-            libc::SIGINT => Some(130),
-            libc::SIGTERM => Some(143),
-            _ => None,
-        }
-    }
-}
-
-/// In a child: be sent SIGTERM when the `vmrig run` that started us dies,
-/// even by SIGKILL, so its driver still kills the QEMUs; exit at once if it
-/// is already gone.
-pub fn die_with_parent(parent: i32) {
-    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::TERM)) {
-        tracing::warn!("cannot tie this test to its vmrig run: {e}");
-    }
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
-        eprintln!("vmrig: error: the vmrig run that started this test is gone");
-        std::process::exit(143);
-    }
-}
-
-/// What the guest build and the cache say about a test.
+/// What the guest build and the cache say about a test that must run.
 struct Prepared {
     /// Holds the start scripts the child runs.
     guests: tempfile::TempDir,
@@ -199,9 +124,16 @@ struct Prepared {
     memory: u64,
 }
 
+/// The answer of [`prepare`].
+enum Prep {
+    Ready(Prepared),
+    Cached(Box<Hit>),
+    Failed(String),
+}
+
 enum Event {
     Preparing(usize),
-    Prepared(usize, Result<Result<Prepared, Box<Hit>>, String>),
+    Prepared(usize, Prep),
     Line(usize, String),
     Eof(usize),
 }
@@ -224,27 +156,28 @@ enum State {
 }
 
 /// Builds the guests of `test` and looks its inputs up in the result cache.
-fn prepare(
-    test: &Test,
-    accel: vmrig_guest::AccelChoice,
-    rerun: bool,
-) -> Result<Result<Prepared, Box<Hit>>, String> {
-    let guests = tempfile::Builder::new()
-        .prefix("vmrig-guests-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+fn prepare(test: &Test, accel: vmrig_guest::AccelChoice, rerun: bool) -> Prep {
+    let guests = match tempfile::Builder::new().prefix("vmrig-guests-").tempdir() {
+        Ok(g) => g,
+        Err(e) => return Prep::Failed(format!("cannot create a temporary directory: {e}")),
+    };
     let opts = vmrig_guest::BuildOptions {
         accel,
         ..Default::default()
     };
     let definition = test.dir.join("vmrig.toml");
-    let built = vmrig_guest::build(&definition, guests.path(), &opts).map_err(|e| e.to_string())?;
-    let inputs = Inputs::read(&definition, &test.dir.join("test.py"), guests.path())
-        .map_err(|e| format!("{e:#}"))?;
+    let built = match vmrig_guest::build(&definition, guests.path(), &opts) {
+        Ok(b) => b,
+        Err(e) => return Prep::Failed(e.to_string()),
+    };
+    let inputs = match Inputs::read(&definition, &test.dir.join("test.py"), guests.path()) {
+        Ok(i) => i,
+        Err(e) => return Prep::Failed(format!("{e:#}")),
+    };
     let key = inputs.key();
     if !rerun {
         if let Some(hit) = cache::lookup(&key) {
-            return Ok(Err(Box::new(hit)));
+            return Prep::Cached(Box::new(hit));
         }
     }
     let memory = built
@@ -253,162 +186,50 @@ fn prepare(
         .values()
         .map(|n| u64::from(n.memory))
         .sum();
-    Ok(Ok(Prepared {
+    Prep::Ready(Prepared {
         guests,
         inputs,
         key,
         memory,
-    }))
+    })
 }
 
 /// Runs `tests` (in their order) and returns how each ended, in the same order.
 pub fn run_all(tests: &[Test], settings: &Settings, signals: &Signals) -> Vec<Finished> {
-    let progress = Progress::new(tests.len());
     let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     spawn_preparers(tests, settings, &tx, &stop);
-    let mut states: Vec<State> = tests.iter().map(|_| State::Queued).collect();
-    let mut lines: Vec<Option<Line>> = tests.iter().map(|_| None).collect();
-    let mut started: Vec<Instant> = vec![Instant::now(); tests.len()];
+    let mut run = Scheduler {
+        tests,
+        settings,
+        progress: Progress::new(tests.len()),
+        tx,
+        states: tests.iter().map(|_| State::Queued).collect(),
+        lines: tests.iter().map(|_| None).collect(),
+        started: vec![Instant::now(); tests.len()],
+        interrupted_at: None,
+        killed: false,
+    };
     let mut seen_signals = 0;
-    let mut interrupted_at: Option<Instant> = None;
-    let mut killed = false;
-    loop {
-        // Signals: pass the first on, kill on the second or after the grace time.
+    while !run.states.iter().all(|s| matches!(s, State::Done(_))) {
         let n = signals.count();
         if n > seen_signals {
-            if seen_signals == 0 {
-                interrupted_at = Some(Instant::now());
-                stop.store(true, Ordering::SeqCst);
-                progress.note("vmrig: interrupted: stopping every test");
-                for (i, state) in states.iter_mut().enumerate() {
-                    match state {
-                        State::Running(r) => signal_child(&r.child, signals.last()),
-                        State::Done(_) => {}
-                        _ => {
-                            let f = finish_unstarted(&tests[i], started[i]);
-                            end_line(&progress, &mut lines[i], &tests[i], &f);
-                            *state = State::Done(f);
-                        }
-                    }
-                }
-            } else {
-                killed = true;
-            }
+            stop.store(true, Ordering::SeqCst);
+            run.interrupt(signals.last(), seen_signals > 0);
             seen_signals = n;
         }
-        if !killed && interrupted_at.is_some_and(|t| t.elapsed() > GRACE) {
-            killed = true;
+        if run.interrupted_at.is_some_and(|t| t.elapsed() > GRACE) {
+            run.interrupt(None, true);
         }
-        if killed {
-            for state in &states {
-                if let State::Running(r) = state {
-                    kill_group(&r.child);
-                }
-            }
+        if run.interrupted_at.is_none() {
+            run.start_ready();
         }
-
-        if interrupted_at.is_none() {
-            start_ready(tests, settings, &mut states, &tx, &progress, &mut lines);
-        }
-
-        for i in 0..states.len() {
-            let State::Running(r) = &mut states[i] else {
-                continue;
-            };
-            if r.exited.is_none() {
-                if let Ok(Some(status)) = r.child.try_wait() {
-                    r.exited = Some((status, Instant::now()));
-                }
-            }
-            let done = r
-                .exited
-                .is_some_and(|(_, at)| r.eof || at.elapsed() > DRAIN);
-            if done {
-                let State::Running(r) = std::mem::replace(&mut states[i], State::Queued) else {
-                    unreachable!("matched above");
-                };
-                let f = finish_child(
-                    &tests[i],
-                    *r,
-                    started[i],
-                    interrupted_at.is_some(),
-                    &progress,
-                );
-                end_line(&progress, &mut lines[i], &tests[i], &f);
-                states[i] = State::Done(f);
-            }
-        }
-        if states.iter().all(|s| matches!(s, State::Done(_))) {
-            break;
-        }
-
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(Event::Preparing(i)) => {
-                if matches!(states[i], State::Queued) {
-                    started[i] = Instant::now();
-                    states[i] = State::Preparing;
-                    lines[i] = Some(progress.start(&tests[i].name, "building guests"));
-                }
-            }
-            Ok(Event::Prepared(i, result)) => {
-                if !matches!(states[i], State::Preparing) {
-                    continue; // interrupted meanwhile
-                }
-                states[i] = match result {
-                    Ok(Ok(p)) => {
-                        if let Some(l) = &lines[i] {
-                            progress.status(l, "guests ready, waiting for a free slot");
-                        }
-                        State::Ready(p)
-                    }
-                    Ok(Err(hit)) => {
-                        let f = Finished {
-                            location: hit.location(),
-                            outcome: Outcome::Cached(hit),
-                            wall: started[i].elapsed(),
-                            report: None,
-                        };
-                        let f = Finished {
-                            report: cached_report(&f),
-                            ..f
-                        };
-                        end_line(&progress, &mut lines[i], &tests[i], &f);
-                        State::Done(f)
-                    }
-                    Err(why) => {
-                        let f = Finished {
-                            outcome: Outcome::Error(why),
-                            wall: started[i].elapsed(),
-                            location: tests[i].out.clone(),
-                            report: None,
-                        };
-                        end_line(&progress, &mut lines[i], &tests[i], &f);
-                        State::Done(f)
-                    }
-                };
-            }
-            Ok(Event::Line(i, text)) => {
-                if let State::Running(r) = &mut states[i] {
-                    let _ = writeln!(r.log, "{text}");
-                    if r.tail.len() == TAIL {
-                        r.tail.pop_front();
-                    }
-                    r.tail.push_back(text.clone());
-                    if let Some(l) = &lines[i] {
-                        progress.log(&tests[i].name, l, &text);
-                    }
-                }
-            }
-            Ok(Event::Eof(i)) => {
-                if let State::Running(r) = &mut states[i] {
-                    r.eof = true;
-                }
-            }
-            Err(_) => {}
+        run.reap();
+        if let Ok(event) = rx.recv_timeout(Duration::from_millis(50)) {
+            run.on(event);
         }
     }
-    states
+    run.states
         .into_iter()
         .map(|s| match s {
             State::Done(f) => f,
@@ -417,13 +238,241 @@ pub fn run_all(tests: &[Test], settings: &Settings, signals: &Signals) -> Vec<Fi
         .collect()
 }
 
+/// The state of every test of a run, changed by events, signals and exits.
+struct Scheduler<'a> {
+    tests: &'a [Test],
+    settings: &'a Settings,
+    progress: Progress,
+    tx: mpsc::Sender<Event>,
+    states: Vec<State>,
+    lines: Vec<Option<Line>>,
+    started: Vec<Instant>,
+    interrupted_at: Option<Instant>,
+    killed: bool,
+}
+
+impl Scheduler<'_> {
+    /// The first signal is passed on to running tests and ends the others;
+    /// a second (or the end of the grace time) kills what still runs.
+    fn interrupt(&mut self, sig: Option<rustix::process::Signal>, kill: bool) {
+        if self.interrupted_at.is_none() {
+            self.interrupted_at = Some(Instant::now());
+            self.progress
+                .note("vmrig: interrupted: stopping every test");
+            for i in 0..self.states.len() {
+                match &self.states[i] {
+                    State::Running(r) => signals::forward(&r.child, sig),
+                    State::Done(_) => {}
+                    _ => self.done(i, Outcome::Interrupted, None),
+                }
+            }
+        } else if kill && !self.killed {
+            self.killed = true;
+            for state in &self.states {
+                if let State::Running(r) = state {
+                    signals::kill_group(&r.child);
+                }
+            }
+        }
+    }
+
+    /// Ends test `i` and its live line.
+    fn done(&mut self, i: usize, outcome: Outcome, report: Option<String>) {
+        let test = &self.tests[i];
+        let location = match &outcome {
+            Outcome::Cached(hit) => hit.location(),
+            _ => test.out.clone(),
+        };
+        let f = Finished {
+            outcome,
+            wall: self.started[i].elapsed(),
+            location,
+            report,
+        };
+        let secs = f.wall.as_secs_f64();
+        let at = shown(&f.location);
+        let name = &test.name;
+        let message = match &f.outcome {
+            Outcome::Passed => {
+                format!("vmrig: {name}: passed in {secs:.1} s (output in {})", at.display())
+            }
+            Outcome::Cached(hit) => format!(
+                "vmrig: {name}: cached: {}; nothing changed, so it was not run again (--rerun runs it); result in {}",
+                hit.describe(),
+                at.display()
+            ),
+            Outcome::Failed(why) => format!(
+                "vmrig: {name}: FAILED in {secs:.1} s: {why}; log in {}",
+                at.join("log.txt").display()
+            ),
+            Outcome::Error(why) => format!("vmrig: {name}: error: {why}"),
+            Outcome::Interrupted => format!("vmrig: {name}: interrupted"),
+        };
+        match self.lines[i].take() {
+            Some(l) => self.progress.finish(l, &message),
+            None => self.progress.note(&message),
+        }
+        self.states[i] = State::Done(f);
+    }
+
+    fn on(&mut self, event: Event) {
+        match event {
+            Event::Preparing(i) => {
+                if matches!(self.states[i], State::Queued) {
+                    self.started[i] = Instant::now();
+                    self.states[i] = State::Preparing;
+                    self.lines[i] =
+                        Some(self.progress.start(&self.tests[i].name, "building guests"));
+                }
+            }
+            // Not Preparing: interrupted meanwhile.
+            Event::Prepared(i, _) if !matches!(self.states[i], State::Preparing) => {}
+            Event::Prepared(i, Prep::Ready(p)) => {
+                if let Some(l) = &self.lines[i] {
+                    self.progress
+                        .status(l, "guests ready, waiting for a free slot");
+                }
+                self.states[i] = State::Ready(p);
+            }
+            Event::Prepared(i, Prep::Cached(hit)) => {
+                let report = std::fs::read_to_string(hit.entry.join("junit.xml")).ok();
+                self.done(i, Outcome::Cached(hit), report);
+            }
+            Event::Prepared(i, Prep::Failed(why)) => self.done(i, Outcome::Error(why), None),
+            Event::Line(i, text) => {
+                if let State::Running(r) = &mut self.states[i] {
+                    let _ = writeln!(r.log, "{text}");
+                    if r.tail.len() == TAIL {
+                        r.tail.pop_front();
+                    }
+                    r.tail.push_back(text.clone());
+                    if let Some(l) = &self.lines[i] {
+                        self.progress.log(&self.tests[i].name, l, &text);
+                    }
+                }
+            }
+            Event::Eof(i) => {
+                if let State::Running(r) = &mut self.states[i] {
+                    r.eof = true;
+                }
+            }
+        }
+    }
+
+    /// Starts ready tests, in order, while the job and memory limits allow.
+    fn start_ready(&mut self) {
+        loop {
+            let (mut running, mut memory) = (0, 0);
+            for s in &self.states {
+                if let State::Running(r) = s {
+                    running += 1;
+                    memory += r.prepared.memory;
+                }
+            }
+            if running >= self.settings.jobs {
+                return;
+            }
+            let Some(i) = self
+                .states
+                .iter()
+                .position(|s| matches!(s, State::Ready(_)))
+            else {
+                return;
+            };
+            let State::Ready(p) = &self.states[i] else {
+                unreachable!("found above");
+            };
+            // Within memory, but one test always runs, however big.
+            let over = self
+                .settings
+                .memory_budget
+                .is_some_and(|b| memory + p.memory > b);
+            if running > 0 && over {
+                return;
+            }
+            let State::Ready(p) = std::mem::replace(&mut self.states[i], State::Queued) else {
+                unreachable!("found above");
+            };
+            match spawn_child(i, &self.tests[i], p, self.settings, &self.tx) {
+                Ok(r) => {
+                    if let Some(l) = &self.lines[i] {
+                        self.progress
+                            .log(&self.tests[i].name, l, "vmrig: running the test");
+                    }
+                    self.states[i] = State::Running(Box::new(r));
+                }
+                Err(why) => self.done(i, Outcome::Error(why), None),
+            }
+        }
+    }
+
+    /// Ends the tests whose process exited and whose output is read.
+    fn reap(&mut self) {
+        for i in 0..self.states.len() {
+            let State::Running(r) = &mut self.states[i] else {
+                continue;
+            };
+            if r.exited.is_none() {
+                if let Ok(Some(status)) = r.child.try_wait() {
+                    r.exited = Some((status, Instant::now()));
+                }
+            }
+            if !r
+                .exited
+                .is_some_and(|(_, at)| r.eof || at.elapsed() > DRAIN)
+            {
+                continue;
+            }
+            let State::Running(r) = std::mem::replace(&mut self.states[i], State::Queued) else {
+                unreachable!("matched above");
+            };
+            let (outcome, report) = self.finish_child(i, *r);
+            self.done(i, outcome, report);
+        }
+    }
+
+    fn finish_child(&self, i: usize, r: Running) -> (Outcome, Option<String>) {
+        let test = &self.tests[i];
+        let Running {
+            mut child,
+            prepared,
+            tail,
+            exited,
+            ..
+        } = r;
+        let status = exited.map(|(s, _)| s).or_else(|| child.wait().ok());
+        let report = std::fs::read_to_string(test.out_abs.join("junit.xml")).ok();
+        let outcome = match status {
+            Some(s) if s.success() => Outcome::Passed,
+            _ if self.interrupted_at.is_some() => Outcome::Interrupted,
+            Some(s) => Outcome::Failed(match s.code() {
+                Some(code) => format!("the test exited with status {code}"),
+                None => format!("the test was killed ({s})"),
+            }),
+            None => Outcome::Failed("the test's process was lost".into()),
+        };
+        if matches!(outcome, Outcome::Passed) {
+            remember(test, &prepared, self.started[i].elapsed(), &self.progress);
+        }
+        if let (Outcome::Failed(_), false) = (&outcome, self.progress.echoes()) {
+            let mut text = format!("{}: last lines of its log:", test.name);
+            for l in &tail {
+                text.push_str("\n    ");
+                text.push_str(l);
+            }
+            self.progress.note(&text);
+        }
+        (outcome, report)
+    }
+}
+
 /// Guest builds and cache look-ups, a few at a time (they are quick when
 /// cached and CPU-bound when not).
 fn spawn_preparers(
     tests: &[Test],
     settings: &Settings,
     tx: &mpsc::Sender<Event>,
-    stop: &Arc<std::sync::atomic::AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) {
     let next = Arc::new(AtomicUsize::new(0));
     let workers = std::thread::available_parallelism()
@@ -448,64 +497,6 @@ fn spawn_preparers(
                 }
             }
         });
-    }
-}
-
-/// Starts ready tests, in order, while the job and memory limits allow.
-fn start_ready(
-    tests: &[Test],
-    settings: &Settings,
-    states: &mut [State],
-    tx: &mpsc::Sender<Event>,
-    progress: &Progress,
-    lines: &mut [Option<Line>],
-) {
-    loop {
-        let (mut running, mut memory) = (0, 0);
-        for s in states.iter() {
-            if let State::Running(r) = s {
-                running += 1;
-                memory += r.prepared.memory;
-            }
-        }
-        if running >= settings.jobs {
-            return;
-        }
-        let Some(i) = states.iter().position(|s| matches!(s, State::Ready(_))) else {
-            return;
-        };
-        let State::Ready(p) = &states[i] else {
-            unreachable!("found above");
-        };
-        // Within memory, but one test always runs, however big.
-        if running > 0
-            && settings
-                .memory_budget
-                .is_some_and(|b| memory + p.memory > b)
-        {
-            return;
-        }
-        let State::Ready(p) = std::mem::replace(&mut states[i], State::Queued) else {
-            unreachable!("found above");
-        };
-        states[i] = match spawn_child(i, &tests[i], p, settings, tx) {
-            Ok(r) => {
-                if let Some(l) = &lines[i] {
-                    progress.log(&tests[i].name, l, "vmrig: running the test");
-                }
-                State::Running(Box::new(r))
-            }
-            Err(why) => {
-                let f = Finished {
-                    outcome: Outcome::Error(why),
-                    wall: Duration::ZERO,
-                    location: tests[i].out.clone(),
-                    report: None,
-                };
-                end_line(progress, &mut lines[i], &tests[i], &f);
-                State::Done(f)
-            }
-        };
     }
 }
 
@@ -585,78 +576,6 @@ fn spawn_child(
     })
 }
 
-fn signal_child(child: &Child, sig: Option<Signal>) {
-    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
-    if let (Some(pid), Some(sig)) = (pid, sig) {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
-/// SIGKILL to the group a child leads (never our own group, nor init's).
-fn kill_group(child: &Child) {
-    let pid = i32::try_from(child.id())
-        .ok()
-        .filter(|&p| p > 1)
-        .and_then(Pid::from_raw);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-    }
-}
-
-fn finish_unstarted(test: &Test, started: Instant) -> Finished {
-    Finished {
-        outcome: Outcome::Interrupted,
-        wall: started.elapsed(),
-        location: test.out.clone(),
-        report: None,
-    }
-}
-
-fn finish_child(
-    test: &Test,
-    r: Running,
-    started: Instant,
-    interrupted: bool,
-    progress: &Progress,
-) -> Finished {
-    let Running {
-        mut child,
-        prepared,
-        tail,
-        exited,
-        ..
-    } = r;
-    let status = exited.map(|(s, _)| s).or_else(|| child.wait().ok());
-    let report = std::fs::read_to_string(test.out_abs.join("junit.xml")).ok();
-    let outcome = match status {
-        Some(s) if s.success() => Outcome::Passed,
-        _ if interrupted => Outcome::Interrupted,
-        Some(s) => Outcome::Failed(match s.code() {
-            Some(code) => format!("the test exited with status {code}"),
-            None => format!("the test was killed ({s})"),
-        }),
-        None => Outcome::Failed("the test's process was lost".into()),
-    };
-    let wall = started.elapsed();
-    if matches!(outcome, Outcome::Passed) {
-        remember(test, &prepared, wall, progress);
-    }
-    if let (Outcome::Failed(_), false) = (&outcome, progress.echoes()) {
-        let mut text = format!("{}: last lines of its log:", test.name);
-        for l in &tail {
-            text.push_str("\n    ");
-            text.push_str(l);
-        }
-        progress.note(&text);
-    }
-    Finished {
-        outcome,
-        wall,
-        location: test.out.clone(),
-        report,
-    }
-}
-
 /// Records a pass in the result cache, unless its inputs changed while it ran.
 fn remember(test: &Test, prepared: &Prepared, wall: Duration, progress: &Progress) {
     let now = Inputs::read(
@@ -684,40 +603,5 @@ fn remember(test: &Test, prepared: &Prepared, wall: Duration, progress: &Progres
     };
     if let Err(e) = cache::store(&prepared.key, &record) {
         progress.note(&format!("vmrig: {}: not cached: {e:#}", test.name));
-    }
-}
-
-fn cached_report(f: &Finished) -> Option<String> {
-    let Outcome::Cached(hit) = &f.outcome else {
-        return None;
-    };
-    std::fs::read_to_string(hit.entry.join("junit.xml")).ok()
-}
-
-fn end_line(progress: &Progress, line: &mut Option<Line>, test: &Test, f: &Finished) {
-    let secs = f.wall.as_secs_f64();
-    let message = match &f.outcome {
-        Outcome::Passed => format!(
-            "vmrig: {}: passed in {secs:.1} s (output in {})",
-            test.name,
-            shown(&f.location).display()
-        ),
-        Outcome::Cached(hit) => format!(
-            "vmrig: {}: cached: {}; nothing changed, so it was not run again (--rerun runs it); result in {}",
-            test.name,
-            hit.describe(),
-            shown(&f.location).display()
-        ),
-        Outcome::Failed(why) => format!(
-            "vmrig: {}: FAILED in {secs:.1} s: {why}; log in {}",
-            test.name,
-            shown(&f.location.join("log.txt")).display()
-        ),
-        Outcome::Error(why) => format!("vmrig: {}: error: {why}", test.name),
-        Outcome::Interrupted => format!("vmrig: {}: interrupted", test.name),
-    };
-    match line.take() {
-        Some(l) => progress.finish(l, &message),
-        None => progress.note(&message),
     }
 }
