@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cache;
+mod doctor;
+mod junit;
+mod progress;
+mod run;
+mod runner;
+mod signals;
 mod test_run;
 mod vde_switch;
 
@@ -26,14 +33,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build DIR/vmrig.toml's guests (cached) and run DIR/test.py against them.
-    Run {
-        /// The test directory.
-        dir: PathBuf,
-        /// The driver's flags (-o, --junit-xml, -K, --log-level, --global-timeout, ...).
-        #[command(flatten)]
-        flags: test_run::CompatArgs,
-    },
+    /// Run test directories (DIR/vmrig.toml and DIR/test.py), in parallel,
+    /// skipping those that passed unchanged before.
+    Run(run::RunArgs),
+    /// The result cache of `vmrig run` (cleared with `vmrig cache clear`).
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
+    /// Check the host: QEMU, kernel, KVM, vde2, Python, tesseract, debootstrap.
+    Doctor(doctor::Args),
     /// Build test guests and their start scripts.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -67,7 +74,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => test_run::compat(cli.compat),
-        Some(Command::Run { dir, flags }) => test_run::run_dir(&dir, &flags),
+        Some(Command::Run(args)) => run::run(args),
+        Some(Command::Cache(cmd)) => match cache::command(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmrig: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Doctor(args)) => doctor::run(&args),
         Some(Command::Guest(GuestCommand::Build {
             definition,
             out,

@@ -1,5 +1,5 @@
-//! Running test scripts: NixOS's driver command line (both generations) and
-//! `vmrig run DIR`.
+//! Running test scripts: NixOS's driver command line (both generations), and
+//! the one test a child of `vmrig run` runs ([`execute`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,12 +50,17 @@ pub struct CompatArgs {
 }
 
 /// What a run is made of, from either generation's flags or `vmrig run`.
-struct Plan {
-    scripts: Vec<PathBuf>,
-    vlans: Vec<u8>,
-    global_timeout: u64,
-    test_script: PathBuf,
-    nodes: Option<serde_json::Value>,
+pub(crate) struct Plan {
+    /// The machines' start scripts.
+    pub scripts: Vec<PathBuf>,
+    /// VLAN numbers.
+    pub vlans: Vec<u8>,
+    /// Seconds.
+    pub global_timeout: u64,
+    /// The Python test script.
+    pub test_script: PathBuf,
+    /// The `nodes` global (vmrig.toml's nodes), for `vmrig run`.
+    pub nodes: Option<serde_json::Value>,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -188,40 +193,8 @@ fn from_config(path: &Path, args: &CompatArgs) -> Result<Plan, String> {
     })
 }
 
-/// `vmrig run DIR`: builds DIR/vmrig.toml's guests (cached), runs DIR/test.py.
-pub fn run_dir(dir: &Path, args: &CompatArgs) -> ExitCode {
-    let definition = dir.join("vmrig.toml");
-    let test_script = args
-        .test_script_flag
-        .clone()
-        .unwrap_or_else(|| dir.join("test.py"));
-    if !test_script.is_file() {
-        return fail(format!("{} does not exist", test_script.display()));
-    }
-    let result = match tempfile::Builder::new().prefix("vmrig-result-").tempdir() {
-        Ok(d) => d,
-        Err(e) => return fail(format!("cannot create a temporary directory: {e}")),
-    };
-    let built = match vmrig_guest::build(
-        &definition,
-        result.path(),
-        &vmrig_guest::BuildOptions::default(),
-    ) {
-        Ok(b) => b,
-        Err(e) => return fail(e),
-    };
-    let nodes = serde_json::to_value(&built.definition.nodes).ok();
-    let plan = Plan {
-        scripts: built.nodes.iter().map(|n| n.start_script.clone()).collect(),
-        vlans: built.definition.vlans(),
-        global_timeout: args.global_timeout.unwrap_or(3600),
-        test_script,
-        nodes,
-    };
-    execute(plan, args)
-}
-
-fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
+/// Runs a test script against its machines; exit status 0 when it passes.
+pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
     vmrig_driver::log::init(level(&args.log_level));
     if args.debug_hook_attach.is_some() {
         tracing::warn!(

@@ -1,26 +1,13 @@
 //! The `vmrig` binary as NixOS users meet it: both command-line generations,
 //! `vmrig run DIR`, exit statuses, `!!!` failure output, and no QEMU left over.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn vmrig() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmrig"));
-    c.env(
-        "VMRIG_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-cache"),
-    )
-    .env("NO_COLOR", "1")
-    .env_remove("startScripts")
-    .env_remove("vlans")
-    .env_remove("testScript");
-    c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{repo, vmrig};
 
 /// `vmrig` whose run directory goes under `dir`, so its QEMU command lines name `dir`.
 fn vmrig_in(dir: &Path) -> Command {
@@ -47,36 +34,11 @@ fn hello(dir: &Path) -> PathBuf {
 }
 
 fn qemu_of(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z');
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
-            pids.push(pid);
-        }
-    }
-    pids
+    common::processes_naming(dir)
 }
 
 fn assert_no_qemu_left(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !qemu_of(dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU processes left: {:?}",
-            qemu_of(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::assert_none_left(dir);
 }
 
 #[test]
@@ -84,7 +46,7 @@ fn vmrig_run_passes_and_writes_junit() {
     let out = tempfile::tempdir().unwrap();
     let junit = out.path().join("junit.xml");
     let run = vmrig()
-        .args(["run"])
+        .args(["run", "--rerun"])
         .arg(repo().join("examples/pair"))
         .arg("-o")
         .arg(out.path())
