@@ -11,10 +11,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 # What guests and tests use: QEMU (and qemu-img for disk images), vde2 (the
 # reference switch for interop tests), the static busybox and bash that guests
 # are made of, GNU coreutils and OpenBSD nc for the Machine API, and the
-# programs the examples put into guests.
+# programs the examples put into guests; mmdebstrap and e2fsprogs build the
+# debian flavour's images, tesseract reads the screen (OCR).
 packages=(
     qemu-system-x86 qemu-utils vde2 busybox-static bash-static coreutils
     netcat-openbsd iproute2 iputils-ping curl jq xz-utils tesseract-ocr
+    mmdebstrap e2fsprogs
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,98 @@
+//! The examples run end to end through `vmrig run`, as a new user runs them:
+//! each passes, and a second run with unchanged inputs answers from the result
+//! cache. The debian ones (the nix.dev tutorial's tests) build Debian images
+//! on first use and boot systemd guests: they are `#[ignore]`d so a plain
+//! `cargo test` stays quick, and `./test.sh` runs them in its second pass.
+//!
+//! They use the default guest cache (or `$VMRIG_CACHE_DIR`), so the Debian
+//! images are built once per machine, not once per test binary.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn vmrig() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmrig"));
+    c.current_dir(repo())
+        .env("NO_COLOR", "1")
+        .env_remove("startScripts")
+        .env_remove("vlans")
+        .env_remove("testScript")
+        .env_remove("logLevel");
+    c
+}
+
+/// Runs `examples/<name>` (forcing a real run), then again, which must be
+/// cached. Returns the output directory (and the temporary directory holding it).
+fn run_example(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join(name);
+    let dir = format!("examples/{name}");
+    let first = vmrig()
+        .args(["run", &dir, "--rerun", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        first.status.success(),
+        "examples/{name} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 test(s): 1 passed, 0 cached"),
+        "{stdout}\n{stderr}"
+    );
+
+    let second = vmrig()
+        .args(["run", &dir, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("1 test(s): 0 passed, 1 cached"),
+        "the second run of examples/{name} is not cached:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("vmrig: {name}: cached: passed")),
+        "{stderr}"
+    );
+    (out_dir, out)
+}
+
+#[test]
+fn hello() {
+    run_example("hello");
+}
+
+#[test]
+#[ignore = "slow: builds a Debian image with firefox-esr on first use, boots systemd; ./test.sh runs it"]
+fn minimal() {
+    run_example("minimal");
+}
+
+#[test]
+#[ignore = "slow: builds a Debian image with PostgreSQL on first use, boots two systemd guests; ./test.sh runs it"]
+fn postgrest() {
+    run_example("postgrest");
+}
+
+#[test]
+#[ignore = "slow: builds a Debian image with Xorg and firefox-esr on first use, waits for firefox under TCG; ./test.sh runs it"]
+fn screenshot() {
+    let (_tmp, out) = run_example("screenshot");
+    // machine.screenshot("screen") left a PNG of the X screen in the output directory.
+    let png = std::fs::read(out.join("screen.png")).expect("screen.png in the output directory");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(
+        png.len() > 4096,
+        "a {} byte PNG is too small for a firefox window",
+        png.len()
+    );
+}
