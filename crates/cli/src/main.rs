@@ -101,6 +101,8 @@ fn guest_build(
     kernel: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
 ) -> ExitCode {
+    // The kit reports long steps (a debian image's first build) as log lines.
+    vmrig_driver::log::init(tracing::Level::INFO);
     let definition = if definition.is_dir() {
         definition.join("vmrig.toml")
     } else {

@@ -104,6 +104,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         return child(&args, guests);
     }
     let started = Instant::now();
+    // The guest kit reports long steps (a debian image's first build) as log lines.
+    vmrig_driver::log::init(tracing::Level::INFO);
     let mut tests = match plan(&args) {
         Ok(t) => t,
         Err(errors) => {
