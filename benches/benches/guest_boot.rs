@@ -1,9 +1,10 @@
 //! Boot time of a guest-kit guest, start script to backdoor, under TCG with the
 //! NixOS driver's options; and the time of a cached `vmrig guest build`.
 //!
-//! `cargo bench -p vmrig-benches --bench guest_boot [-- BOOTS]` (default 7 boots
-//! of examples/hello). Prints a table. Boots are sequential, so the figure is
-//! one guest on an otherwise idle host.
+//! `cargo bench -p vmrig-benches --bench guest_boot [-- BOOTS] [EXAMPLE]`
+//! (default 7 boots of examples/hello; `minimal` boots the debian guest of
+//! examples/minimal, building its image on first use). Prints a table. Boots
+//! are sequential, so the figure is one guest on an otherwise idle host.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,10 +19,14 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(7);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let definition = repo.join("examples/hello/vmrig.toml");
+    let example = std::env::args()
+        .skip(1)
+        .find(|a| repo.join("examples").join(a).join("vmrig.toml").is_file())
+        .unwrap_or_else(|| "hello".to_owned());
+    let definition = repo.join("examples").join(&example).join("vmrig.toml");
     let out = tempfile::tempdir().expect("temporary directory");
     let opts = BuildOptions::default();
-    build(&definition, out.path(), &opts).expect("build examples/hello");
+    let first = build(&definition, out.path(), &opts).expect("build the example");
     let mut cached = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -36,7 +41,7 @@ fn main() {
         vde_sockets: vec![(1, switch.dir().to_owned())],
         ..Default::default()
     };
-    let script = out.path().join("bin/run-machine-vm");
+    let script = first.nodes[0].start_script.clone();
     let mut times = Vec::new();
     for i in 0..boots {
         let t = Instant::now();
@@ -51,7 +56,11 @@ fn main() {
     }
     println!(
         "{:<44} {:>8} {:>8} {:>8} {:>8}",
-        "guest kit (examples/hello, TCG)", "min", "median", "p90", "max"
+        format!("guest kit (examples/{example}, TCG)"),
+        "min",
+        "median",
+        "p90",
+        "max"
     );
     row("cached `vmrig guest build` (ms)", &mut cached, 1e3);
     row("start script -> backdoor magic line (s)", &mut times, 1.0);
