@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tracing_subscriber::layer::SubscriberExt;
+use vmrig_driver::log::TerminalLayer;
 use vmrig_driver::{Driver, DriverOptions, Error, Machine};
 use vmrig_guest::{build, BuildOptions};
 
@@ -56,6 +58,15 @@ fn systemd_methods_on_a_debian_guest() {
     m.connect().unwrap();
     let boot_time = booting.elapsed();
 
+    // This thread's log sections, in a file read at the end.
+    let log_path = dir.path().join("log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let _log =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(TerminalLayer::new(
+            log_file,
+            false,
+            tracing::Level::INFO,
+        )));
     let methods = Instant::now();
     system_units(&m);
     failed_inactive_and_unknown_units(&m);
@@ -64,6 +75,16 @@ fn systemd_methods_on_a_debian_guest() {
     user_units(&m);
     let methods = methods.elapsed();
 
+    // The log sections NixOS's driver writes for these methods.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for line in [
+        "machine: waiting for unit ticker.service",
+        "(finished: machine: waiting for unit ticker.service, in ",
+        "machine: waiting for unit default.target with user alice",
+        "machine: checking if unit 'ticker.service' has reached state 'active'",
+    ] {
+        assert!(log.contains(line), "no `{line}` in the log:\n{log}");
+    }
     eprintln!(
         "systemd test: build {:.1} s, boot to backdoor {:.1} s, methods {:.1} s",
         build_time.as_secs_f64(),
