@@ -193,8 +193,8 @@ fn failed_inactive_and_unknown_units(m: &Machine) {
     );
 }
 
-/// An inactive unit whose start job is still queued is waited for, not
-/// failed; a wait that runs out of time fails with NixOS's retry message.
+/// An inactive unit whose start job is still queued (behind `gate`, which
+/// runs until the test opens it) is waited for, not failed; a wait that runs out of time fails with NixOS's retry message.
 fn pending_jobs(m: &Machine) {
     assert_eq!(
         m.systemctl("start --no-block gate.service waiter.service", None)
@@ -215,6 +215,9 @@ fn pending_jobs(m: &Machine) {
         "{message}"
     );
 
+    // Still queued behind gate: the wait goes on until the gate opens.
+    assert_eq!(property(m, "gate.service", "ActiveState"), "activating");
+    m.succeed(&["touch /run/gate-open"], None).unwrap();
     m.wait_for_unit("waiter.service", None, WAIT).unwrap();
     // gate ran to its end first (a oneshot is inactive again once it exits).
     assert_eq!(property(m, "gate.service", "Result"), "success");
