@@ -1,6 +1,6 @@
 //! The systemd Machine methods against a real systemd: one debian guest
-//! (tests/data/systemd.toml) with a running, a failing and an idle service,
-//! a lingering user with a user unit. Checks NixOS's results and error
+//! (tests/data/systemd.toml) with a running, a failing, an idle and a gated
+//! service, and a lingering user with a user unit. Checks NixOS's results and error
 //! messages, including for failed, inactive and unknown units.
 //!
 //! The guest image comes from the guest kit's cache (`VMRIG_CACHE_DIR` or the
