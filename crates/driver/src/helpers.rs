@@ -56,6 +56,10 @@ impl Machine {
     /// Waits until a unit is active; fails at once when it fails, or when it is
     /// inactive with no jobs pending (NixOS's semantics).
     pub fn wait_for_unit(&self, unit: &str, user: Option<&str>, timeout: Duration) -> Result<()> {
+        let _log = self.nested(&format!(
+            "waiting for unit {unit}{}",
+            user.map(|u| format!(" with user {u}")).unwrap_or_default()
+        ));
         retry(
             |_| {
                 let state = self.get_unit_property(unit, "ActiveState", user)?;
@@ -83,6 +87,9 @@ impl Machine {
 
     /// Fails unless the unit's `ActiveState` is `state`.
     pub fn require_unit_state(&self, unit: &str, state: &str) -> Result<()> {
+        let _log = self.nested(&format!(
+            "checking if unit '{unit}' has reached state '{state}'"
+        ));
         let info = self.get_unit_info(unit, None)?;
         let actual = info.get("ActiveState").map(String::as_str).unwrap_or("");
         if actual != state {
