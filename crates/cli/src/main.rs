@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod checks;
+mod config;
+mod interactive;
 mod test_run;
 mod vde_switch;
 
@@ -34,6 +37,9 @@ enum Command {
         #[command(flatten)]
         flags: test_run::CompatArgs,
     },
+    /// A Python prompt with a test's globals: `vmrig repl DIR` (its vmrig.toml
+    /// and test.py) or `vmrig repl` with the NixOS driver's flags (`-I`).
+    Repl(test_run::CompatArgs),
     /// Build test guests and their start scripts.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => test_run::compat(cli.compat),
         Some(Command::Run { dir, flags }) => test_run::run_dir(&dir, &flags),
+        Some(Command::Repl(flags)) => interactive::repl(flags),
         Some(Command::Guest(GuestCommand::Build {
             definition,
             out,

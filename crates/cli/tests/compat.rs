@@ -146,10 +146,9 @@ fn older_flags_failure_output_and_nixos_imports() {
         "{stderr}"
     );
     assert!(
-        bangs.iter().any(
-            |l| l.contains("test_driver.errors.RequestedAssertionFailed")
-                && l.contains("exit code 4")
-        ),
+        bangs
+            .iter()
+            .any(|l| l.starts_with("!!! RequestedAssertionFailed: ") && l.contains("exit code 4")),
         "{stderr}"
     );
     assert!(
