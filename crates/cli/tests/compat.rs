@@ -1,83 +1,10 @@
 //! The `vmrig` binary as NixOS users meet it: both command-line generations,
 //! `vmrig run DIR`, exit statuses, `!!!` failure output, and no QEMU left over.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{assert_no_qemu_left, assert_success, hello, qemu_of, repo, vmrig, vmrig_in};
 use std::time::{Duration, Instant};
-
-fn vmrig() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmrig"));
-    c.env(
-        "VMRIG_CACHE_DIR",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-cache"),
-    )
-    .env("NO_COLOR", "1")
-    .env_remove("startScripts")
-    .env_remove("vlans")
-    .env_remove("testScript");
-    c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `vmrig` whose run directory goes under `dir`, so its QEMU command lines name `dir`.
-fn vmrig_in(dir: &Path) -> Command {
-    let mut c = vmrig();
-    c.env("TMPDIR", dir).env_remove("XDG_RUNTIME_DIR");
-    c
-}
-
-/// Builds examples/hello into `dir/result`; returns its start script.
-fn hello(dir: &Path) -> PathBuf {
-    let out = vmrig()
-        .args(["guest", "build"])
-        .arg(repo().join("examples/hello"))
-        .arg("--out")
-        .arg(dir.join("result"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("result/bin/run-machine-vm")
-}
-
-fn qemu_of(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z');
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn assert_no_qemu_left(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !qemu_of(dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU processes left: {:?}",
-            qemu_of(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn vmrig_run_passes_and_writes_junit() {
@@ -185,11 +112,7 @@ fn current_config_json_and_its_errors() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run);
     assert!(String::from_utf8_lossy(&run.stdout).contains(&*dir.path().to_string_lossy()));
     assert_no_qemu_left(dir.path());
 
