@@ -132,6 +132,7 @@ pub fn run(driver: Driver, opts: &ScriptOptions) -> i32 {
     }
     // Python may still hold machines; stop them here, whatever it holds.
     driver.terminate();
+    blocking::settle(std::time::Duration::from_secs(10));
     status
 }
 

@@ -468,7 +468,10 @@ impl PyDriver {
     /// Stops every machine and removes the run directory (unless kept).
     fn terminate(&self, py: Python<'_>) {
         let d = self.driver.clone();
-        py.allow_threads(move || d.terminate());
+        py.allow_threads(move || {
+            d.terminate();
+            crate::blocking::settle(Duration::from_secs(10));
+        });
         if let Some(log) = &self.xml_log {
             log.finish();
         }

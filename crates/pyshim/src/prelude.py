@@ -534,7 +534,10 @@ def _report_failure(e, script_path):
         lines.append("")
         lines.extend(f"{type(e).__name__}: {e}".split("\n"))
     else:
-        lines = "".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip("\n").split("\n")
+        tb = e.__traceback__
+        if tb is not None and tb.tb_frame.f_code is _exec_script.__code__:
+            tb = tb.tb_next  # the script's frames, then the driver's: not the exec() itself
+        lines = "".join(traceback.format_exception(type(e), e, tb)).rstrip("\n").split("\n")
     for line in lines:
         _vmrig.log_test_error(line)
 
