@@ -31,7 +31,8 @@ pub struct CompatArgs {
     /// Output directory (screenshots, copied files); must be writable.
     #[arg(short = 'o', long = "output_directory", alias = "output-directory")]
     pub output_directory: Option<PathBuf>,
-    /// Write a JUnit XML report of the subtests here.
+    /// Write a JUnit XML report of the subtests here (a relative path is
+    /// under the output directory, as in NixOS).
     #[arg(long = "junit-xml")]
     pub junit_xml: Option<PathBuf>,
     /// debug, info, warning or error.
@@ -199,6 +200,7 @@ fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
     crate::interactive::adjust(&mut opts, args);
+    let out_dir = opts.out_dir.clone();
     let driver = match Driver::new(opts) {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -208,7 +210,8 @@ fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
         &vmrig_pyshim::ScriptOptions {
             script: plan.test_script,
             nodes: plan.nodes,
-            junit_xml: args.junit_xml.clone(),
+            // NixOS writes a relative --junit-xml path under the output directory.
+            junit_xml: args.junit_xml.as_ref().map(|p| out_dir.join(p)),
             debug_hook_attach: args.debug_hook_attach.clone(),
             interactive: args.interactive,
             history: None,

@@ -181,20 +181,23 @@ where
             let _ = writeln!(out, "{} {}", self.paint("31", "!!!"), f.message);
             return;
         }
-        if *meta.level() > self.min_level {
-            return;
-        }
-        let f = Fields::of_event(event);
+        // Console lines show at every log level, as in NixOS (only
+        // serial_stdout_off hides them).
         if meta.target() == CONSOLE_TARGET {
             if !serial_stdout() {
                 return;
             }
+            let f = Fields::of_event(event);
             let m = f.machine.unwrap_or_default();
             let prefix = self.paint(&machine_colour(&m), &format!("{m} #"));
             let mut out = self.out.lock().expect("log lock");
             let _ = writeln!(out, "{prefix} {}", f.message);
             return;
         }
+        if *meta.level() > self.min_level {
+            return;
+        }
+        let f = Fields::of_event(event);
         let depth = ctx.event_scope(event).map_or(0, |s| s.count());
         let mut text = f.message;
         text.push_str(&f.rest);

@@ -170,13 +170,15 @@ where
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        if *meta.level() > self.min_level && *meta.level() != Level::ERROR {
+        // Console lines at every level (NixOS's log_serial ignores it).
+        let console = meta.target() == CONSOLE_TARGET;
+        if !console && *meta.level() > self.min_level && *meta.level() != Level::ERROR {
             return;
         }
         let f = Fields::of_event(event);
         let machine = f.machine.clone().unwrap_or_default();
         let mut st = self.state.lock().expect("xml log lock");
-        if meta.target() == CONSOLE_TARGET {
+        if console {
             if crate::log::serial_stdout() {
                 let text: String = f.message.chars().filter(|c| !c.is_control()).collect();
                 st.line(&[("machine", &machine), ("type", "serial")], &text);
@@ -268,6 +270,18 @@ mod tests {
         assert_eq!(xml.matches("<nest>").count(), 3, "{xml}");
         assert_eq!(xml.matches("</nest>").count(), 3, "{xml}");
         assert!(xml.ends_with("</logfile>\n"));
+    }
+
+    #[test]
+    fn console_lines_at_every_level_others_by_level() {
+        let xml = capture(Level::WARN, || {
+            tracing::info!(target: CONSOLE_TARGET, machine = "m", "a console line");
+            tracing::info!("an info line");
+            tracing::warn!("a warning");
+        });
+        assert!(xml.contains(">a console line</line>"), "{xml}");
+        assert!(!xml.contains("an info line"), "{xml}");
+        assert!(xml.contains("<line>a warning</line>"), "{xml}");
     }
 
     #[test]

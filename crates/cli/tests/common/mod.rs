@@ -9,9 +9,41 @@ use std::time::{Duration, Instant};
 
 pub mod pty;
 
+/// A child process stopped when dropped (a failed test must not leave it and
+/// its machines behind): SIGTERM lets vmrig stop its machines; SIGKILL if it
+/// does not go within 20 s.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let child = &mut self.0;
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(child.id()) {
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on our own child's (positive) pid has no memory effects.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// The `vmrig` binary, with the tests' guest cache and no colour.
 pub fn vmrig() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vmrig"));
+    vmrig_as(Path::new(env!("CARGO_BIN_EXE_vmrig")))
+}
+
+/// `program` (the `vmrig` binary under another name) set up like [`vmrig`].
+pub fn vmrig_as(program: &Path) -> Command {
+    let mut c = Command::new(program);
     c.env(
         "VMRIG_CACHE_DIR",
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-cache"),
@@ -37,9 +69,14 @@ pub fn vmrig_in(dir: &Path) -> Command {
 
 /// Builds `examples/<example>` into `dir/result`; returns its `bin` directory.
 pub fn build(example: &str, dir: &Path) -> PathBuf {
+    build_definition(&repo().join("examples").join(example), dir)
+}
+
+/// Builds the vmrig.toml in `definition` into `dir/result`; returns its `bin` directory.
+pub fn build_definition(definition: &Path, dir: &Path) -> PathBuf {
     let out = vmrig()
         .args(["guest", "build"])
-        .arg(repo().join("examples").join(example))
+        .arg(definition)
         .arg("--out")
         .arg(dir.join("result"))
         .output()

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 /// A child on a pty, with everything it printed so far.
 pub struct Terminal {
     master: std::fs::File,
-    child: Child,
+    child: super::Stopped,
     seen: Arc<Mutex<Vec<u8>>>,
     /// What `expect` already matched: the next match starts after it.
     cursor: usize,
@@ -71,7 +71,7 @@ impl Terminal {
         });
         Terminal {
             master,
-            child,
+            child: super::Stopped(child),
             seen,
             cursor: 0,
         }
@@ -113,39 +113,16 @@ impl Terminal {
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.0.try_wait().unwrap() {
                 return status;
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
                 panic!(
                     "still running after {timeout:?}; the terminal shows:\n{}",
                     self.screen()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        // A failed test must not leave the program (and its machines) behind:
-        // SIGTERM lets vmrig stop them; SIGKILL if it does not go.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                #[allow(unsafe_code)]
-                // SAFETY: kill(2) on our own child's (positive) pid has no memory effects.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
