@@ -409,3 +409,26 @@ fn marker_pids(pattern: &str) -> Vec<u32> {
         .map(|(pid, _)| pid)
         .collect()
 }
+
+#[test]
+fn the_embedded_python_finds_its_own_stdlib_whatever_python3_is_on_path() {
+    // With the system's python3 first on PATH (or none), an embedded Python
+    // that looked its prefix up there loaded the wrong standard library.
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("test.py");
+    std::fs::write(
+        &test,
+        "import math, datetime, json, sys\nprint('stdlib ok', math.sqrt(16), sys.version_info[:2])\n",
+    )
+    .unwrap();
+    for path in ["/usr/bin:/bin", "/nonexistent"] {
+        let out = vmrig()
+            .env("PATH", path)
+            .args(["--start-scripts", "/bin/true", "--vlans", "1"])
+            .arg(&test)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "PATH={path}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("stdlib ok 4.0"));
+    }
+}

@@ -27,6 +27,7 @@
 mod blocking;
 mod debug;
 mod interact;
+mod interpreter;
 mod native;
 
 use std::path::{Path, PathBuf};
@@ -94,7 +95,7 @@ pub fn run_test_script(
 /// returns.
 pub fn run(driver: Driver, opts: &ScriptOptions) -> i32 {
     pyo3::append_to_inittab!(_vmrig);
-    pyo3::prepare_freethreaded_python();
+    interpreter::initialize();
     let driver = Arc::new(driver);
     let status = Python::with_gil(|py| -> PyResult<i32> {
         let prelude = prelude(py)?;
