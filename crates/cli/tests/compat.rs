@@ -160,7 +160,12 @@ fn ctrl_c_during_a_call_tears_everything_down() {
     let dir = tempfile::tempdir().unwrap();
     let script = hello(dir.path());
     let test = dir.path().join("test.py");
-    std::fs::write(&test, "machine.succeed('sleep 600')\n").unwrap();
+    // The case: a long wait_until_succeeds (each try sleeps in the guest).
+    std::fs::write(
+        &test,
+        "machine.wait_until_succeeds('sleep 2; false', timeout=600)\n",
+    )
+    .unwrap();
     let mut child = vmrig_in(dir.path())
         .arg("--start-scripts")
         .arg(&script)
@@ -182,7 +187,7 @@ fn ctrl_c_during_a_call_tears_everything_down() {
         }
     }
     assert!(seen.contains("connected to the backdoor"), "{seen}");
-    std::thread::sleep(Duration::from_millis(500)); // `sleep 600` is running in the guest
+    std::thread::sleep(Duration::from_millis(500)); // a try is sleeping in the guest
     assert!(
         !qemu_of(dir.path()).is_empty(),
         "the check below sees this run's QEMU"
