@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cache;
+mod checks;
+mod config;
 mod doctor;
+mod interactive;
 mod junit;
 mod progress;
 mod run;
@@ -41,6 +44,9 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Check the host: QEMU, kernel, KVM, vde2, Python, tesseract, debootstrap.
     Doctor(doctor::Args),
+    /// A Python prompt with a test's globals: `vmrig repl DIR` (its vmrig.toml
+    /// and test.py) or `vmrig repl` with the NixOS driver's flags (`-I`).
+    Repl(test_run::CompatArgs),
     /// Build test guests and their start scripts.
     #[command(subcommand)]
     Guest(GuestCommand),
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Doctor(args)) => doctor::run(&args),
+        Some(Command::Repl(flags)) => interactive::repl(flags),
         Some(Command::Guest(GuestCommand::Build {
             definition,
             out,

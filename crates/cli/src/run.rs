@@ -286,7 +286,7 @@ fn child(args: &RunArgs, guests: &Path) -> ExitCode {
             .collect(),
         vlans: def.vlans(),
         global_timeout: args.global_timeout.unwrap_or(3600),
-        test_script: dir.join("test.py"),
+        test_script: Some(dir.join("test.py")),
         nodes: serde_json::to_value(&def.nodes).ok(),
     };
     let flags = crate::test_run::CompatArgs {

@@ -20,16 +20,19 @@ pub struct CompatArgs {
     /// Keep the machines' state directories.
     #[arg(short = 'K', long = "keep-machine-state", alias = "keep-vm-state")]
     pub keep_machine_state: bool,
-    /// Interactive mode (a Python prompt); not supported yet.
+    /// Interactive mode: a Python prompt with the test's globals instead of
+    /// running the script (`test_script()` runs it); history in ./.nixos-test-history.
     #[arg(short = 'I', long)]
     pub interactive: bool,
-    /// Command to run when a breakpoint is hit; not supported yet.
-    #[arg(long = "debug-hook-attach")]
+    /// At a failure or `debug.breakpoint()`: print `sudo CMD PATTERN` and wait
+    /// for a debugger (pdb) on TCP 127.0.0.1:4444.
+    #[arg(long = "debug-hook-attach", value_name = "CMD")]
     pub debug_hook_attach: Option<String>,
     /// Output directory (screenshots, copied files); must be writable.
     #[arg(short = 'o', long = "output_directory", alias = "output-directory")]
     pub output_directory: Option<PathBuf>,
-    /// Write a JUnit XML report of the subtests here.
+    /// Write a JUnit XML report of the subtests here (a relative path is
+    /// under the output directory, as in NixOS).
     #[arg(long = "junit-xml")]
     pub junit_xml: Option<PathBuf>,
     /// debug, info, warning or error.
@@ -57,8 +60,8 @@ pub(crate) struct Plan {
     pub vlans: Vec<u8>,
     /// Seconds.
     pub global_timeout: u64,
-    /// The Python test script.
-    pub test_script: PathBuf,
+    /// The Python test script; missing only in interactive mode.
+    pub test_script: Option<PathBuf>,
     /// The `nodes` global (vmrig.toml's nodes), for `vmrig run`.
     pub nodes: Option<serde_json::Value>,
 }
@@ -66,15 +69,6 @@ pub(crate) struct Plan {
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("vmrig: error: {message}");
     ExitCode::FAILURE
-}
-
-fn level(name: &str) -> tracing::Level {
-    match name {
-        "debug" => tracing::Level::DEBUG,
-        "warning" => tracing::Level::WARN,
-        "error" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    }
 }
 
 /// `vmrig [FLAGS] [TESTSCRIPT]`: the NixOS driver's command line.
@@ -98,15 +92,21 @@ pub fn compat(mut args: CompatArgs) -> ExitCode {
         .iter()
         .map(|v| {
             v.parse()
-                .map_err(|_| format!("--vlans: `{v}` is not a VLAN number (1-255)"))
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| format!("--vlans: `{v}` is not a VLAN number (1-255)"))
         })
         .collect();
     let vlans = match vlans {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    if args.interactive {
-        return fail("interactive mode (-I) is not supported by vmrig yet");
+    if let Some(dir) = &args.output_directory {
+        if let Err(e) = crate::checks::writable_dir(dir) {
+            // argparse's type check in NixOS: a usage error.
+            eprintln!("vmrig: error: argument -o/--output_directory: {e}");
+            return ExitCode::from(2);
+        }
     }
     let plan = match &args.config {
         Some(config) => match from_config(config, &args) {
@@ -114,13 +114,13 @@ pub fn compat(mut args: CompatArgs) -> ExitCode {
             Err(e) => return fail(e),
         },
         None => {
-            let Some(test_script) = args
+            let test_script = args
                 .test_script_flag
                 .clone()
-                .or_else(|| args.test_script.clone())
-            else {
+                .or_else(|| args.test_script.clone());
+            if test_script.is_none() && !args.interactive {
                 return fail("no test script: give one as an argument, with --test-script, or in a -c config");
-            };
+            }
             if args.start_scripts.is_empty() {
                 return fail("no machines: give --start-scripts run-NAME-vm ... or a -c config");
             }
@@ -137,78 +137,64 @@ pub fn compat(mut args: CompatArgs) -> ExitCode {
 }
 
 fn from_config(path: &Path, args: &CompatArgs) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    let at = |what: &str| format!("{}: {what}", path.display());
-    if v.get("containers")
-        .and_then(|c| c.as_object())
-        .is_some_and(|c| !c.is_empty())
-    {
-        return Err(at(
-            "`containers` (systemd-nspawn machines) are not supported by vmrig",
+    let config = crate::config::Config::load(path)?;
+    let test_script = args.test_script_flag.clone().or(config.test_script);
+    if test_script.is_none() && !args.interactive {
+        return Err(format!(
+            "{}: no `test_script` (and no --test-script)",
+            path.display()
         ));
     }
-    if v.get("enable_ssh_backdoor").and_then(|b| b.as_bool()) == Some(true) {
-        return Err(at("`enable_ssh_backdoor` is not supported by vmrig yet"));
-    }
-    let mut scripts = Vec::new();
-    if let Some(vms) = v.get("vms").and_then(|v| v.as_object()) {
-        for (name, vm) in vms {
-            let script = vm
-                .get("start_script")
-                .and_then(|s| s.as_str())
-                .ok_or_else(|| at(&format!("vms.{name}.start_script is missing")))?;
-            scripts.push(PathBuf::from(script));
-        }
-    }
-    let vlans = v
-        .get("vlans")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let test_script = args
-        .test_script_flag
-        .clone()
-        .or_else(|| {
-            v.get("test_script")
-                .and_then(|s| s.as_str())
-                .map(PathBuf::from)
-        })
-        .ok_or_else(|| at("no test_script (and no --test-script)"))?;
     Ok(Plan {
-        scripts,
-        vlans,
-        global_timeout: v
-            .get("global_timeout")
-            .and_then(|t| t.as_u64())
-            .unwrap_or(3600),
+        scripts: config.vms.into_values().map(|vm| vm.start_script).collect(),
+        vlans: config.vlans.iter().map(|v| v.0).collect(),
+        global_timeout: config.global_timeout.map_or(3600, |t| t.ceil() as u64),
         test_script,
         nodes: None,
     })
 }
 
+/// `vmrig run DIR`: builds DIR/vmrig.toml's guests (cached), runs DIR/test.py.
+pub fn run_dir(dir: &Path, args: &CompatArgs) -> ExitCode {
+    let definition = dir.join("vmrig.toml");
+    let test_script = args
+        .test_script_flag
+        .clone()
+        .unwrap_or_else(|| dir.join("test.py"));
+    if !test_script.is_file() {
+        return fail(format!("{} does not exist", test_script.display()));
+    }
+    let result = match tempfile::Builder::new().prefix("vmrig-result-").tempdir() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("cannot create a temporary directory: {e}")),
+    };
+    let built = match vmrig_guest::build(
+        &definition,
+        result.path(),
+        &vmrig_guest::BuildOptions::default(),
+    ) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let nodes = serde_json::to_value(&built.definition.nodes).ok();
+    let plan = Plan {
+        scripts: built.nodes.iter().map(|n| n.start_script.clone()).collect(),
+        vlans: built.definition.vlans(),
+        global_timeout: args.global_timeout.unwrap_or(3600),
+        test_script: Some(test_script),
+        nodes,
+    };
+    execute(plan, args)
+}
+
 /// Runs a test script against its machines; exit status 0 when it passes.
 pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
-    vmrig_driver::log::init(level(&args.log_level));
-    if args.debug_hook_attach.is_some() {
-        tracing::warn!(
-            "--debug-hook-attach is accepted but breakpoints are not supported by vmrig yet"
-        );
-    }
-    if std::env::var_os("LOGFILE").is_some() {
-        tracing::warn!("LOGFILE (the XML log) is not supported by vmrig yet; use --junit-xml");
-    }
-    if !plan.test_script.is_file() {
-        return fail(format!(
-            "test script {} does not exist",
-            plan.test_script.display()
-        ));
+    let xml_log = match vmrig_pyshim::init_logging(&args.log_level) {
+        Ok(log) => log,
+        Err(e) => return fail(e),
+    };
+    if let Some(script) = plan.test_script.as_ref().filter(|s| !s.is_file()) {
+        return fail(format!("test script {} does not exist", script.display()));
     }
     let mut opts = DriverOptions::new(plan.scripts);
     opts.vlans = plan.vlans;
@@ -218,16 +204,27 @@ pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
         .output_directory
         .clone()
         .unwrap_or_else(|| PathBuf::from("."));
+    crate::interactive::adjust(&mut opts, args);
+    let out_dir = opts.out_dir.clone();
     let driver = match Driver::new(opts) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    let status = vmrig_pyshim::run_test_script(
+    let status = vmrig_pyshim::run(
         driver,
-        &plan.test_script,
-        plan.nodes.as_ref(),
-        args.junit_xml.as_deref(),
+        &vmrig_pyshim::ScriptOptions {
+            script: plan.test_script,
+            nodes: plan.nodes,
+            // NixOS writes a relative --junit-xml path under the output directory.
+            junit_xml: args.junit_xml.as_ref().map(|p| out_dir.join(p)),
+            debug_hook_attach: args.debug_hook_attach.clone(),
+            interactive: args.interactive,
+            history: None,
+        },
     );
+    if let Some(log) = xml_log {
+        log.finish();
+    }
     if status == 0 {
         ExitCode::SUCCESS
     } else {

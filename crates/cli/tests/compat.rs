@@ -3,43 +3,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use common::{assert_no_qemu_left, assert_success, hello, qemu_of, repo, vmrig, vmrig_in};
 use std::time::{Duration, Instant};
-
-use common::{repo, vmrig};
-
-/// `vmrig` whose run directory goes under `dir`, so its QEMU command lines name `dir`.
-fn vmrig_in(dir: &Path) -> Command {
-    let mut c = vmrig();
-    c.env("TMPDIR", dir).env_remove("XDG_RUNTIME_DIR");
-    c
-}
-
-/// Builds examples/hello into `dir/result`; returns its start script.
-fn hello(dir: &Path) -> PathBuf {
-    let out = vmrig()
-        .args(["guest", "build"])
-        .arg(repo().join("examples/hello"))
-        .arg("--out")
-        .arg(dir.join("result"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("result/bin/run-machine-vm")
-}
-
-fn qemu_of(dir: &Path) -> Vec<u32> {
-    common::processes_naming(dir)
-}
-
-fn assert_no_qemu_left(dir: &Path) {
-    common::assert_none_left(dir);
-}
 
 #[test]
 fn vmrig_run_passes_and_writes_junit() {
@@ -108,10 +73,9 @@ fn older_flags_failure_output_and_nixos_imports() {
         "{stderr}"
     );
     assert!(
-        bangs.iter().any(
-            |l| l.contains("test_driver.errors.RequestedAssertionFailed")
-                && l.contains("exit code 4")
-        ),
+        bangs
+            .iter()
+            .any(|l| l.starts_with("!!! RequestedAssertionFailed: ") && l.contains("exit code 4")),
         "{stderr}"
     );
     assert!(
@@ -148,11 +112,7 @@ fn current_config_json_and_its_errors() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert_success(&run);
     assert!(String::from_utf8_lossy(&run.stdout).contains(&*dir.path().to_string_lossy()));
     assert_no_qemu_left(dir.path());
 
@@ -200,7 +160,12 @@ fn ctrl_c_during_a_call_tears_everything_down() {
     let dir = tempfile::tempdir().unwrap();
     let script = hello(dir.path());
     let test = dir.path().join("test.py");
-    std::fs::write(&test, "machine.succeed('sleep 600')\n").unwrap();
+    // The case: a long wait_until_succeeds (each try sleeps in the guest).
+    std::fs::write(
+        &test,
+        "machine.wait_until_succeeds('sleep 2; false', timeout=600)\n",
+    )
+    .unwrap();
     let mut child = vmrig_in(dir.path())
         .arg("--start-scripts")
         .arg(&script)
@@ -222,7 +187,7 @@ fn ctrl_c_during_a_call_tears_everything_down() {
         }
     }
     assert!(seen.contains("connected to the backdoor"), "{seen}");
-    std::thread::sleep(Duration::from_millis(500)); // `sleep 600` is running in the guest
+    std::thread::sleep(Duration::from_millis(500)); // a try is sleeping in the guest
     assert!(
         !qemu_of(dir.path()).is_empty(),
         "the check below sees this run's QEMU"

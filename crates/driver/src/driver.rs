@@ -148,6 +148,11 @@ impl Watchdog {
     }
 }
 
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
 /// The machine name NixOS derives from a start script: `run-(.+)-vm$`, else `machine`.
 pub fn machine_name(script: &Path) -> String {
     let file = script
@@ -296,6 +301,12 @@ impl Driver {
         if !script.is_file() {
             return Err(Error::Setup(format!(
                 "start script {} does not exist",
+                script.display()
+            )));
+        }
+        if !is_executable(script) {
+            return Err(Error::Setup(format!(
+                "start script {} is not executable (chmod +x it)",
                 script.display()
             )));
         }
@@ -561,6 +572,9 @@ mod tests {
         opts.out_dir = dir.path().join("out");
         let e = Driver::new(opts.clone()).err().unwrap().to_string();
         assert!(e.contains("run-a-vm does not exist"), "{e}");
+        std::fs::write(dir.path().join("run-a-vm"), "#!/bin/sh\n").unwrap();
+        let e = Driver::new(opts.clone()).err().unwrap().to_string();
+        assert!(e.contains("run-a-vm is not executable"), "{e}");
         opts.start_scripts.clear();
         opts.vlans = vec![1, 1];
         let e = Driver::new(opts).err().unwrap().to_string();

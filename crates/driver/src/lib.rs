@@ -48,6 +48,7 @@ mod polling;
 mod report;
 mod retry;
 mod systemd;
+pub mod xml_log;
 
 pub use console::{Console, TAIL_LINES};
 pub use driver::{machine_name, ConditionGuard, Driver, DriverOptions, VLan};

@@ -28,6 +28,10 @@ pub fn set_serial_stdout(on: bool) {
 /// The target of console lines (`tracing::info!(target: CONSOLE_TARGET, machine = %name, "{line}")`).
 pub const CONSOLE_TARGET: &str = "vmrig::console";
 
+/// The target of a test failure's report lines: printed unindented after
+/// `!!! ` (NixOS's `log_test_error`), whatever the level.
+pub const TEST_ERROR_TARGET: &str = "vmrig::test_error";
+
 /// A `tracing` layer that prints vmrig's terminal log to a writer.
 pub struct TerminalLayer<W: Write + Send + 'static> {
     out: Mutex<W>,
@@ -76,11 +80,45 @@ fn machine_colour(name: &str) -> String {
 
 struct Started(Instant, String);
 
+/// Whether console lines are shown (see [`set_serial_stdout`]).
+pub(crate) fn serial_stdout() -> bool {
+    SERIAL_STDOUT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The fields of a span or event: its message, its machine, the rest as ` key=value`.
 #[derive(Default)]
-struct Fields {
-    message: String,
-    machine: Option<String>,
-    rest: String,
+pub(crate) struct Fields {
+    pub(crate) message: String,
+    pub(crate) machine: Option<String>,
+    pub(crate) rest: String,
+}
+
+impl Fields {
+    /// A new span's title without the machine prefix (`subtest: NAME`, a
+    /// section's message, `NAME: MESSAGE` for other spans) and its machine.
+    pub(crate) fn of_span(attrs: &Attributes<'_>) -> (String, Option<String>) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        let what = if f.message.is_empty() {
+            f.rest.trim().to_owned()
+        } else {
+            f.message
+        };
+        let name = attrs.metadata().name();
+        let title = match (&f.machine, name) {
+            (Some(_), _) | (None, "section") => what,
+            (None, "subtest") => format!("subtest: {what}"),
+            (None, name) => format!("{name}: {what}"),
+        };
+        (title, f.machine)
+    }
+
+    /// An event's fields.
+    pub(crate) fn of_event(event: &Event<'_>) -> Fields {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        f
+    }
 }
 
 impl Visit for Fields {
@@ -111,18 +149,10 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut f = Fields::default();
-        attrs.record(&mut f);
-        let what = if f.message.is_empty() {
-            f.rest.trim().to_owned()
-        } else {
-            f.message.clone()
-        };
-        let title = match (&f.machine, span.name()) {
-            (Some(m), _) => format!("{}: {what}", self.paint(&machine_colour(m), m)),
-            (None, "subtest") => format!("subtest: {what}"),
-            (None, "section") => what,
-            (None, name) => format!("{name}: {what}"),
+        let (what, machine) = Fields::of_span(attrs);
+        let title = match &machine {
+            Some(m) => format!("{}: {what}", self.paint(&machine_colour(m), m)),
+            None => what,
         };
         let depth = span.scope().skip(1).count();
         self.line(depth, &title);
@@ -145,21 +175,29 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        if *meta.level() > self.min_level {
+        if meta.target() == TEST_ERROR_TARGET {
+            let f = Fields::of_event(event);
+            let mut out = self.out.lock().expect("log lock");
+            let _ = writeln!(out, "{} {}", self.paint("31", "!!!"), f.message);
             return;
         }
-        let mut f = Fields::default();
-        event.record(&mut f);
+        // Console lines show at every log level, as in NixOS (only
+        // serial_stdout_off hides them).
         if meta.target() == CONSOLE_TARGET {
-            if !SERIAL_STDOUT.load(std::sync::atomic::Ordering::SeqCst) {
+            if !serial_stdout() {
                 return;
             }
+            let f = Fields::of_event(event);
             let m = f.machine.unwrap_or_default();
             let prefix = self.paint(&machine_colour(&m), &format!("{m} #"));
             let mut out = self.out.lock().expect("log lock");
             let _ = writeln!(out, "{prefix} {}", f.message);
             return;
         }
+        if *meta.level() > self.min_level {
+            return;
+        }
+        let f = Fields::of_event(event);
         let depth = ctx.event_scope(event).map_or(0, |s| s.count());
         let mut text = f.message;
         text.push_str(&f.rest);
@@ -178,20 +216,30 @@ where
 /// Installs the terminal log on stderr as the global subscriber (once; later
 /// calls do nothing).
 pub fn init(min_level: Level) {
+    init_with_xml(min_level, None);
+}
+
+/// Installs the terminal log on stderr and, when given, NixOS's XML log
+/// ([`crate::xml_log`]) as the global subscriber. Only the first call installs
+/// anything; it returns whether this one did.
+pub fn init_with_xml(min_level: Level, xml: Option<crate::xml_log::XmlLayer>) -> bool {
     use tracing_subscriber::prelude::*;
-    let _ = tracing_subscriber::registry()
+    tracing_subscriber::registry()
         .with(TerminalLayer::stderr(min_level))
-        .try_init();
+        .with(xml)
+        .try_init()
+        .is_ok()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
     use tracing_subscriber::prelude::*;
 
+    /// A writer tests read back.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buf(pub(crate) Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
@@ -245,6 +293,19 @@ mod tests {
         );
         assert_eq!(lines.len(), 6, "{text}");
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn test_errors_are_unindented_bang_lines() {
+        let text = capture(false, || {
+            let _s = tracing::info_span!("section", message = "run the VM test script").entered();
+            tracing::error!(target: TEST_ERROR_TARGET, "Traceback (most recent call last):");
+        });
+        assert!(
+            text.lines()
+                .any(|l| l == "!!! Traceback (most recent call last):"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub fn junit_xml(suite: &str, results: &[SubtestResult]) -> String {
     x
 }
 
-fn escape(s: &str) -> String {
+/// Escapes text or an attribute value for XML; control characters XML 1.0
+/// cannot hold become U+FFFD.
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -2,12 +2,13 @@
 //! `t`, `test_driver.errors.RequestedAssertionFailed`, ...) over the Rust
 //! driver, through PyO3.
 //!
-//! [`run_test_script`] embeds Python, installs the native module `_vmrig`
-//! (thin classes over [`vmrig_driver`]) and a prelude that gives it NixOS's
-//! names, keyword arguments and defaults, runs the script with NixOS's
-//! globals, prints failures the NixOS way (`!!!`-prefixed script frames for
-//! assertion failures, the full traceback otherwise) and returns the exit
-//! status. Blocking calls release the GIL.
+//! [`run`] embeds Python, installs the native module `_vmrig` (thin classes
+//! over [`vmrig_driver`]) and a prelude that gives it NixOS's names, keyword
+//! arguments and defaults, then either runs the script with NixOS's globals,
+//! printing failures the NixOS way (`!!!`-prefixed script frames for
+//! assertion failures, the full traceback otherwise), or starts the
+//! interactive REPL (`-I`). Blocking calls release the GIL and can be
+//! interrupted where Python handles SIGINT.
 //!
 //! ```no_run
 //! use vmrig_driver::{Driver, DriverOptions};
@@ -17,20 +18,56 @@
 //! # Ok::<(), vmrig_driver::Error>(())
 //! ```
 //!
-//! Not yet: `shell_interact`/`console_interact` from scripts, the interactive
-//! mode, `debug` breakpoints, the SSH backdoor, `pip install` as `import vmrig`.
+//! Built with the `extension-module` feature instead of `embed` (maturin,
+//! `pip install ./crates/pyshim`), the same module is `import vmrig` for
+//! tests written as plain Python programs (`vmrig.Driver`).
+//!
+//! Not supported: the SSH backdoor (`dump_machine_ssh`), containers.
 
+mod blocking;
+mod debug;
+mod interact;
+mod interpreter;
 mod native;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use native::_vmrig;
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
+use pyo3::types::{PyDict, PyModule};
 use vmrig_driver::Driver;
 
 const PRELUDE: &std::ffi::CStr = pyo3::ffi::c_str!(include_str!("prelude.py"));
+
+/// The prelude module, executed once per interpreter.
+pub(crate) fn prelude(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    if let Ok(m) = py.import("vmrig_prelude") {
+        return Ok(m);
+    }
+    PyModule::from_code(py, PRELUDE, c"vmrig_prelude.py", c"vmrig_prelude")
+}
+
+/// How to run a test script (see [`run`]); the defaults run it once.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptOptions {
+    /// The test script; may be missing in interactive mode only.
+    pub script: Option<PathBuf>,
+    /// The `nodes` global (the vmrig.toml definition), as JSON.
+    pub nodes: Option<serde_json::Value>,
+    /// Write a JUnit XML report of the subtests here.
+    pub junit_xml: Option<PathBuf>,
+    /// `--debug-hook-attach CMD`: at a failure or `debug.breakpoint()`, print
+    /// how to attach (`sudo CMD PATTERN`) and wait for a debugger on TCP
+    /// 127.0.0.1:4444, as NixOS does. Without it breakpoints do nothing.
+    pub debug_hook_attach: Option<String>,
+    /// Start a Python REPL with the test's globals instead of running the
+    /// script (`-I`); `test_script()` runs it from there.
+    pub interactive: bool,
+    /// The REPL's history file (default: `.nixos-test-history` in the
+    /// current directory, as NixOS).
+    pub history: Option<PathBuf>,
+}
 
 /// Runs `script` against `driver` with NixOS's globals (`nodes` too, when
 /// given as JSON); returns the exit status: 0 passed, 1 failed. The driver's
@@ -41,38 +78,100 @@ pub fn run_test_script(
     nodes: Option<&serde_json::Value>,
     junit_xml: Option<&Path>,
 ) -> i32 {
+    run(
+        driver,
+        &ScriptOptions {
+            script: Some(script.to_owned()),
+            nodes: nodes.cloned(),
+            junit_xml: junit_xml.map(Path::to_owned),
+            ..ScriptOptions::default()
+        },
+    )
+}
+
+/// Runs a test script or the interactive REPL (see [`ScriptOptions`]);
+/// returns the exit status (0 passed or the REPL was left normally). The
+/// driver's machines are stopped and its run directory removed before it
+/// returns.
+pub fn run(driver: Driver, opts: &ScriptOptions) -> i32 {
     pyo3::append_to_inittab!(_vmrig);
-    pyo3::prepare_freethreaded_python();
+    interpreter::initialize();
     let driver = Arc::new(driver);
     let status = Python::with_gil(|py| -> PyResult<i32> {
-        let prelude = PyModule::from_code(py, PRELUDE, c"vmrig_prelude.py", c"vmrig_prelude")?;
-        let nodes = match nodes {
+        let prelude = prelude(py)?;
+        let nodes = match &opts.nodes {
             Some(v) => py
                 .import("json")?
                 .call_method1("loads", (v.to_string(),))?
                 .unbind(),
             None => py.None(),
         };
+        let history = opts
+            .history
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".nixos-test-history"));
+        let args = PyDict::new(py);
+        args.set_item("script", opts.script.as_ref().map(|p| p.to_string_lossy()))?;
+        args.set_item("nodes", nodes)?;
+        args.set_item("debug_hook_attach", opts.debug_hook_attach.as_deref())?;
+        args.set_item("interactive", opts.interactive)?;
+        args.set_item("history", history.to_string_lossy())?;
         let native = native::PyDriver {
             driver: driver.clone(),
+            xml_log: None,
         };
-        prelude
-            .call_method1(
-                "_run",
-                (native, script.to_string_lossy().into_owned(), nodes),
-            )?
-            .extract()
+        prelude.call_method1("_main", (native, args))?.extract()
     });
     let status = status.unwrap_or_else(|e| {
         Python::with_gil(|py| e.print(py));
         1
     });
-    if let Some(path) = junit_xml {
+    if let Some(path) = &opts.junit_xml {
         if let Err(e) = driver.write_junit(path, "vmrig") {
             eprintln!("vmrig: {e}");
         }
     }
     // Python may still hold machines; stop them here, whatever it holds.
     driver.terminate();
+    blocking::settle(std::time::Duration::from_secs(10));
     status
+}
+
+/// Installs the terminal log at `level` (`debug`, `info`, `warning` or
+/// `error`, as NixOS's `--log-level`) and, when the `LOGFILE` environment
+/// variable names a file, NixOS's XML log there; returns the XML log's handle
+/// to [`finish`](vmrig_driver::xml_log::XmlLog::finish) it. Does nothing when a
+/// log is already installed.
+pub fn init_logging(level: &str) -> Result<Option<vmrig_driver::xml_log::XmlLog>, String> {
+    let level = match level {
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warning" => tracing::Level::WARN,
+        "error" => tracing::Level::ERROR,
+        other => {
+            return Err(format!(
+                "log level `{other}`: expected debug, info, warning or error"
+            ))
+        }
+    };
+    let xml = match std::env::var_os("LOGFILE").filter(|f| !f.is_empty()) {
+        Some(file) => {
+            let path = PathBuf::from(file);
+            let (layer, log) =
+                vmrig_driver::xml_log::XmlLayer::create(&path, level).map_err(|e| {
+                    format!("LOGFILE={}: cannot write the XML log: {e}", path.display())
+                })?;
+            Some((layer, log))
+        }
+        None => None,
+    };
+    let (layer, log) = match xml {
+        Some((layer, log)) => (Some(layer), Some(log)),
+        None => (None, None),
+    };
+    if vmrig_driver::log::init_with_xml(level, layer) {
+        Ok(log)
+    } else {
+        Ok(None)
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 use vmrig_driver::{Driver, Error, Machine, SubtestResult};
 
 /// Turns a driver error into NixOS's exception: assertion failures and
@@ -40,10 +40,13 @@ pub struct PyMachine {
     pub(crate) m: Machine,
 }
 
+/// Runs a driver call on the machine off the GIL, interruptible by Python's
+/// signal handlers (see [`crate::blocking`]).
 macro_rules! blocking {
     ($py:expr, $self:expr, |$m:ident| $body:expr) => {{
         let $m = $self.m.clone();
-        $py.allow_threads(move || $body).map_err(|e| to_py($py, e))
+        let what = $self.m.name().to_owned();
+        crate::blocking::interruptible($py, &what, move || $body)?.map_err(|e| to_py($py, e))
     }};
 }
 
@@ -365,6 +368,13 @@ impl PyMachine {
         let m = self.m.clone();
         py.allow_threads(move || m.release());
     }
+    #[pyo3(signature = (address))]
+    fn shell_interact(&self, py: Python<'_>, address: Option<String>) -> PyResult<()> {
+        crate::interact::shell_interact(py, &self.m, address.as_deref())
+    }
+    fn console_interact(&self, py: Python<'_>) -> PyResult<()> {
+        crate::interact::console_interact(py, &self.m)
+    }
     /// Waits for a QMP event whose dict `filter` accepts; returns the event as a dict.
     fn wait_for_qmp_event(
         &self,
@@ -374,29 +384,28 @@ impl PyMachine {
     ) -> PyResult<PyObject> {
         let m = self.m.clone();
         let filter = Arc::new(filter);
-        let event = py
-            .allow_threads(move || {
-                m.wait_for_qmp_event(
-                    |e| {
-                        Python::with_gil(|py| {
-                            let d = PyDict::new(py);
-                            let _ = d.set_item("event", &e.event);
-                            if let Ok(data) = serde_json::to_string(&e.data) {
-                                let _ = py
-                                    .import("json")
-                                    .and_then(|j| j.call_method1("loads", (data,)))
-                                    .and_then(|v| d.set_item("data", v));
-                            }
-                            filter
-                                .call1(py, (d,))
-                                .and_then(|r| r.is_truthy(py))
-                                .unwrap_or(false)
-                        })
-                    },
-                    Duration::from_secs_f64(timeout),
-                )
-            })
-            .map_err(|e| to_py(py, e))?;
+        let event = crate::blocking::interruptible(py, self.m.name(), move || {
+            m.wait_for_qmp_event(
+                |e| {
+                    Python::with_gil(|py| {
+                        let d = PyDict::new(py);
+                        let _ = d.set_item("event", &e.event);
+                        if let Ok(data) = serde_json::to_string(&e.data) {
+                            let _ = py
+                                .import("json")
+                                .and_then(|j| j.call_method1("loads", (data,)))
+                                .and_then(|v| d.set_item("data", v));
+                        }
+                        filter
+                            .call1(py, (d,))
+                            .and_then(|r| r.is_truthy(py))
+                            .unwrap_or(false)
+                    })
+                },
+                Duration::from_secs_f64(timeout),
+            )
+        })?
+        .map_err(|e| to_py(py, e))?;
         let d = PyDict::new(py);
         d.set_item("event", event.event)?;
         Ok(d.into_any().unbind())
@@ -407,10 +416,77 @@ impl PyMachine {
 #[pyclass(name = "_Driver", module = "_vmrig", frozen)]
 pub struct PyDriver {
     pub(crate) driver: Arc<Driver>,
+    /// The XML log this driver started (plain Python), ended by `terminate`.
+    pub(crate) xml_log: Option<vmrig_driver::xml_log::XmlLog>,
 }
 
 #[pymethods]
 impl PyDriver {
+    /// A run for a plain Python program (the prelude's `Driver`): Python keeps
+    /// its own signal handling (Ctrl-C is `KeyboardInterrupt`); the terminal
+    /// log (and the XML log when `LOGFILE` is set) is installed if none is.
+    /// `options`: `out_dir`, `keep_machine_state`, `global_timeout` (seconds),
+    /// `log_level`, `tmp_dir`; missing ones take the driver's defaults.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        start_scripts: Vec<PathBuf>,
+        vlans: Vec<u8>,
+        options: &Bound<'_, PyDict>,
+    ) -> PyResult<Self> {
+        fn get<'py, T: FromPyObject<'py>>(
+            d: &Bound<'py, PyDict>,
+            key: &str,
+        ) -> PyResult<Option<T>> {
+            match d.get_item(key)? {
+                Some(v) if !v.is_none() => v.extract().map(Some),
+                _ => Ok(None),
+            }
+        }
+        let log_level: Option<String> = get(options, "log_level")?;
+        let xml_log = crate::init_logging(log_level.as_deref().unwrap_or("info"))
+            .map_err(|e| to_py(py, Error::Setup(e)))?;
+        let mut opts = vmrig_driver::DriverOptions::new(start_scripts);
+        opts.vlans = vlans;
+        if let Some(dir) = get(options, "out_dir")? {
+            opts.out_dir = dir;
+        }
+        opts.keep_state = get(options, "keep_machine_state")?.unwrap_or(false);
+        if let Some(t) = get::<f64>(options, "global_timeout")? {
+            opts.global_timeout = Duration::from_secs_f64(t.max(0.0));
+        }
+        opts.tmp_dir = get(options, "tmp_dir")?;
+        opts.handle_signals = false;
+        let driver = py
+            .allow_threads(move || Driver::new(opts))
+            .map_err(|e| to_py(py, e))?;
+        Ok(PyDriver {
+            driver: Arc::new(driver),
+            xml_log,
+        })
+    }
+    /// Stops every machine and removes the run directory (unless kept).
+    fn terminate(&self, py: Python<'_>) {
+        let d = self.driver.clone();
+        py.allow_threads(move || {
+            d.terminate();
+            crate::blocking::settle(Duration::from_secs(10));
+        });
+        if let Some(log) = &self.xml_log {
+            log.finish();
+        }
+    }
+    /// Writes the JUnit report of the subtests so far.
+    fn write_junit(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        self.driver
+            .write_junit(&path, "vmrig")
+            .map_err(|e| to_py(py, e))
+    }
+    /// The global timeout, in seconds.
+    #[getter]
+    fn global_timeout(&self) -> f64 {
+        self.driver.options().global_timeout.as_secs_f64()
+    }
     #[getter]
     fn out_dir(&self) -> PathBuf {
         std::path::absolute(&self.driver.options().out_dir)
@@ -428,12 +504,12 @@ impl PyDriver {
     }
     fn start_all(&self, py: Python<'_>) -> PyResult<()> {
         let d = self.driver.clone();
-        py.allow_threads(move || d.start_all())
+        crate::blocking::interruptible(py, "start_all", move || d.start_all())?
             .map_err(|e| to_py(py, e))
     }
     fn join_all(&self, py: Python<'_>) -> PyResult<()> {
         let d = self.driver.clone();
-        py.allow_threads(move || d.join_all())
+        crate::blocking::interruptible(py, "join_all", move || d.join_all())?
             .map_err(|e| to_py(py, e))
     }
     fn create_machine(&self, start_script: PathBuf) -> PyResult<PyMachine> {
@@ -494,14 +570,30 @@ fn section_exit() {
     }
 }
 
+/// Prints one line of a test failure the NixOS way (`!!! LINE`), in the
+/// XML log too.
+#[pyfunction]
+fn log_test_error(line: &str) {
+    tracing::error!(target: vmrig_driver::log::TEST_ERROR_TARGET, "{line}");
+}
+
+/// The prelude as a module (`vmrig_prelude`), loaded once.
+#[pyfunction]
+fn prelude(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    crate::prelude(py)
+}
+
 /// The `_vmrig` module.
 #[pymodule]
 pub fn _vmrig(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMachine>()?;
     m.add_class::<PyDriver>()?;
+    m.add_class::<crate::debug::Marker>()?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
+    m.add_function(wrap_pyfunction!(log_test_error, m)?)?;
     m.add_function(wrap_pyfunction!(section_enter, m)?)?;
     m.add_function(wrap_pyfunction!(section_exit, m)?)?;
-    let _ = PyList::empty(m.py());
+    m.add_function(wrap_pyfunction!(prelude, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::debug::debug_marker, m)?)?;
     Ok(())
 }

@@ -14,7 +14,10 @@ import traceback
 import types
 import unittest
 
-import _vmrig
+try:
+    import _vmrig
+except ImportError:  # the wheel: vmrig/__init__.py registers it first
+    from vmrig import _vmrig
 
 
 class RequestedAssertionFailed(AssertionError):
@@ -351,10 +354,17 @@ class Machine(BaseMachine):
         self._m.wait_for_shutdown(900.0)
 
     def shell_interact(self, address=None):
-        raise MachineError("shell_interact is not supported in vmrig test scripts yet")
+        """Type commands for the guest's root shell (Ctrl-D or Ctrl-C ends it);
+        `address` (socat syntax, e.g. "tcp:127.0.0.1:4444") takes them from there."""
+        self.connect()
+        sys.stdout.flush()
+        self._m.shell_interact(address)
 
     def console_interact(self):
-        raise MachineError("console_interact is not supported in vmrig test scripts yet")
+        """Type lines for the serial console (QEMU's stdin); its output shows in
+        the log. Ctrl-D or Ctrl-C ends it."""
+        sys.stdout.flush()
+        self._m.console_interact()
 
     def switch_root(self):
         self._m.switch_root()
@@ -397,18 +407,163 @@ class _VLan:
         return f"<VLan {self.nr}>"
 
 
+class _RemotePdb:
+    """pdb over one TCP connection; ends the breakpoint's marker when done."""
+
+    def __init__(self, conn, marker):
+        import pdb
+
+        self._conn = conn
+        self._marker = marker
+        # Two files: a text file open for both drops its read-ahead on every
+        # write, which loses commands a client sends in one go.
+        self._in = conn.makefile("r", encoding="utf-8", errors="replace")
+        self._out = conn.makefile("w", encoding="utf-8", errors="replace")
+        owner = self
+
+        class Pdb(pdb.Pdb):
+            def _finish(self):
+                owner.close()
+
+            def do_continue(self, arg):
+                result = super().do_continue(arg)
+                self._finish()
+                return result
+
+            do_c = do_cont = do_continue
+
+            def do_quit(self, arg):
+                result = super().do_quit(arg)
+                self._finish()
+                return result
+
+            do_q = do_exit = do_quit
+
+            def do_EOF(self, arg):
+                result = super().do_EOF(arg)
+                self._finish()
+                return result
+
+        self.pdb = Pdb(stdin=self._in, stdout=self._out)
+
+    def close(self):
+        self._marker.stop()
+        for handle in (self._in, self._out, self._conn):
+            with contextlib.suppress(OSError):
+                handle.close()
+
+
 class _Debug:
-    def breakpoint(self, *args, **kwargs):
-        raise MachineError("interactive debugging (--debug-hook-attach) is not supported by vmrig yet")
+    """NixOS's `debug`: with --debug-hook-attach, a breakpoint (or a failure)
+    says how to attach and waits for a debugger on a TCP port; without it,
+    breakpoints do nothing (NixOS's DebugNop)."""
+
+    def __init__(self, attach=None, timeout=3600.0):
+        self.attach = attach
+        self.timeout = timeout
+
+    def breakpoint(self, host="127.0.0.1", port=4444):
+        """Stops here until a debugger connected to host:port continues."""
+        if self.attach is None:
+            return
+        remote = self._wait_for_debugger(host, port)
+        if remote is not None:
+            remote.pdb.set_trace(sys._getframe(1))
+
+    def _post_mortem(self, tb, script_path, host="127.0.0.1", port=4444):
+        """At a failure: the debugger starts in the script's failing frame."""
+        if self.attach is None:
+            return
+        last = None
+        t = tb
+        while t is not None:
+            if t.tb_frame.f_code.co_filename == script_path:
+                last = t
+            t = t.tb_next
+        if last is not None:
+            last.tb_next = None
+        remote = self._wait_for_debugger(host, port)
+        if remote is not None:
+            try:
+                remote.pdb.reset()
+                remote.pdb.interaction(None, tb)
+            finally:
+                remote.close()
+
+    def _wait_for_debugger(self, host, port):
+        import random
+        import socket
+
+        pattern = str(random.randrange(999999, 9999999))
+        _vmrig.log_test_error(f"Breakpoint reached, run 'sudo {self.attach} {pattern}'")
+        marker = _vmrig.debug_marker(pattern)
+        try:
+            server = socket.create_server((host, port))
+        except OSError as e:
+            marker.stop()
+            raise MachineError(f"debug breakpoint: cannot listen on {host}:{port}: {e}") from None
+        with server:
+            server.settimeout(self.timeout)
+            log.warning(
+                f"waiting up to {self.timeout:.0f} s for a debugger on {host}:{port} "
+                f"(outside a sandbox: socat READLINE TCP:{host}:{port})"
+            )
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, TimeoutError):
+                marker.stop()
+                log.error(f"no debugger attached within {self.timeout:.0f} s: going on")
+                return None
+        conn.settimeout(None)
+        log.info(f"debugger attached on {host}:{port}")
+        return _RemotePdb(conn, marker)
 
 
 def _identifier(name):
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", name)
 
 
-def _globals(native_driver, script_path, nodes):
+def _report_failure(e, script_path):
+    """Prints a failed script's error the NixOS way: the script's own frames
+    after `!!!` for assertion failures, the whole traceback otherwise."""
+    if isinstance(e, RequestedAssertionFailed):
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == script_path]
+        lines = ["Traceback (most recent call last):"]
+        for entry in traceback.format_list(frames):
+            lines.extend(entry.rstrip("\n").split("\n"))
+        lines.append("")
+        lines.extend(f"{type(e).__name__}: {e}".split("\n"))
+    else:
+        tb = e.__traceback__
+        if tb is not None and tb.tb_frame.f_code is _exec_script.__code__:
+            tb = tb.tb_next  # the script's frames, then the driver's: not the exec() itself
+        lines = "".join(traceback.format_exception(type(e), e, tb)).rstrip("\n").split("\n")
+    for line in lines:
+        _vmrig.log_test_error(line)
+
+
+def _exec_script(g, script_path, debug):
+    """Runs the script in `g`; a failure is reported (and debugged with
+    --debug-hook-attach) and raised again."""
+    with log.nested("run the VM test script"):
+        try:
+            if script_path is None:
+                raise MachineError(
+                    "no test script: give one as an argument, with --test-script or in the config's test_script"
+                )
+            with open(script_path) as f:
+                code = compile(f.read(), script_path, "exec")
+            exec(code, g)
+        except Exception as e:
+            _report_failure(e, script_path)
+            debug._post_mortem(e.__traceback__, script_path)
+            raise
+
+
+def _globals(native_driver, script_path=None, nodes=None, debug=None, interactive=False):
     machines = [Machine(m) for m in native_driver.machines()]
     vlans = [_VLan(n) for n in native_driver.vlans()]
+    debug = debug if debug is not None else _Debug()
 
     class _Driver:
         out_dir = native_driver.out_dir
@@ -417,6 +572,7 @@ def _globals(native_driver, script_path, nodes):
             self.machines = machines
             self.vlans = vlans
             self.polling_conditions = _conditions
+            self.global_timeout = native_driver.global_timeout
 
     driver = _Driver()
 
@@ -442,14 +598,24 @@ def _globals(native_driver, script_path, nodes):
             finally:
                 native_driver.record_subtest(name, time.monotonic() - start, failure)
 
-    def create_machine(start_command, *, name=None, keep_vm_state=False):
+    def create_machine(start_command, *, name=None, keep_vm_state=False, keep_machine_state=False):
         m = Machine(native_driver.create_machine(str(start_command)))
         machines.append(m)
         return m
 
     def test_script():
-        with log.nested("run the VM test script"):
-            exec(compile(open(script_path).read(), script_path, "exec"), g)
+        """Runs the test script. In the REPL a failure is reported and you
+        stay at the prompt, the machines as the script left them."""
+        try:
+            _exec_script(g, script_path, debug)
+        except Exception:
+            if not interactive:
+                raise
+
+    def run_tests():
+        """Runs the test script, then syncs the machines that are up (NixOS's run_tests)."""
+        test_script()
+        _sync(machines)
 
     def dump_machine_ssh(offset=1000):
         raise MachineError("the SSH backdoor (enable_ssh_backdoor) is not supported by vmrig yet")
@@ -458,7 +624,7 @@ def _globals(native_driver, script_path, nodes):
         "__name__": "__main__",
         "start_all": start_all,
         "test_script": test_script,
-        "run_tests": test_script,
+        "run_tests": run_tests,
         "machines": machines,
         "machines_qemu": machines,
         "machines_nspawn": [],
@@ -478,7 +644,7 @@ def _globals(native_driver, script_path, nodes):
         "NspawnMachine": NspawnMachine,
         "Machine": Machine,
         "t": _TestCase(),
-        "debug": _Debug(),
+        "debug": debug,
         "dump_machine_ssh": dump_machine_ssh,
         "RequestedAssertionFailed": RequestedAssertionFailed,
         "MachineError": MachineError,
@@ -494,20 +660,196 @@ def _globals(native_driver, script_path, nodes):
     return g
 
 
-def _run(native_driver, script_path, nodes):
-    """Runs the script; returns the exit status (0 passed, 1 failed)."""
-    g = _globals(native_driver, script_path, nodes)
-    try:
-        code = compile(open(script_path).read(), script_path, "exec")
-        exec(code, g)
+def _sync(machines):
+    for m in machines:
+        if m.is_up():
+            m.execute("sync")
+
+
+def _exit_status(e):
+    if e.code is None:
         return 0
-    except RequestedAssertionFailed as e:
-        # NixOS prints only the test script's own frames, each line prefixed.
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == script_path]
-        text = "".join(traceback.format_list(frames) + traceback.format_exception_only(type(e), e))
-        for line in text.rstrip("\n").split("\n"):
-            print(f"!!! {line}", file=sys.stderr)
-        return 1
+    return e.code if isinstance(e.code, int) else 1
+
+
+def _run(g, script_path, debug, global_timeout):
+    """Runs the script; returns the exit status (0 passed, 1 failed)."""
+    log.info(f"Test will time out and terminate in {global_timeout:.0f} seconds")
+    started = time.monotonic()
+    try:
+        _exec_script(g, script_path, debug)
+    except SystemExit as e:
+        return _exit_status(e)
+    except Exception:
+        return 1  # reported by _exec_script
     except BaseException:
         traceback.print_exc()
         return 1
+    try:
+        _sync(g["machines"])
+    except Exception as e:
+        log.error(f"syncing the machines after the test script failed: {e}")
+        return 1
+    log.info(f"test script finished in {time.monotonic() - started:.2f}s")
+    return 0
+
+
+def _terminating(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _console(g, history):
+    import code
+
+    try:
+        import readline
+        import rlcompleter
+    except ImportError:
+        readline = None
+    if readline is not None:
+        readline.set_completer(rlcompleter.Completer(g).complete)
+        readline.parse_and_bind("tab: complete")
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history)
+    try:
+        code.InteractiveConsole(g, filename="<vmrig>").interact(
+            banner="vmrig interactive mode (Python). Ctrl-D or exit() leaves and stops the machines.",
+            exitmsg="",
+        )
+    finally:
+        if readline is not None:
+            try:
+                readline.write_history_file(history)
+            except OSError as e:
+                log.warning(f"cannot write the history to {history}: {e}")
+
+
+def _repl(g, history):
+    """NixOS's -I: a Python prompt with the test's globals (ptpython when
+    installed), history in `history`; returns the exit status."""
+    import signal
+
+    # Ctrl-C interrupts the current command; SIGTERM or SIGHUP leave the REPL
+    # and stop the machines.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminating)
+    signal.signal(signal.SIGHUP, _terminating)
+    names = [m.name for m in g["machines"]]
+    vlan_names = [f"vlan{v.nr}" for v in g["vlans"]]
+    general = [k for k in g if k not in names and k not in vlan_names and not k.startswith("__")]
+    print(
+        "additionally exposed symbols:\n    "
+        + ", ".join(names)
+        + ",\n    "
+        + ", ".join(vlan_names)
+        + ",\n    "
+        + ", ".join(general),
+        flush=True,
+    )
+    try:
+        from ptpython.repl import embed
+    except ImportError:
+        embed = None
+    try:
+        if embed is None:
+            _console(g, history)
+        else:
+            embed(globals=g, history_filename=history)
+    except SystemExit as e:
+        return _exit_status(e)
+    return 0
+
+
+def _main(native_driver, args):
+    """The CLI's entry: runs the script, or the REPL; returns the exit status."""
+    debug = _Debug(args["debug_hook_attach"], native_driver.global_timeout)
+    g = _globals(native_driver, args["script"], args["nodes"], debug, args["interactive"])
+    if args["interactive"]:
+        return _repl(g, args["history"])
+    return _run(g, args["script"], debug, native_driver.global_timeout)
+
+
+class Driver:
+    """A test run for a plain Python program, with the globals of a NixOS
+    test script as attributes (and as a dict from `test_symbols()`):
+
+        from vmrig import Driver
+        with Driver(start_scripts=["result/bin/run-server-vm"], vlans=[1]) as d:
+            d.start_all()
+            d.server.succeed("true")
+
+    Leaving the `with` block (or `close()`) stops every machine and removes
+    the run directory. Ctrl-C raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(
+        self,
+        start_scripts=(),
+        vlans=(),
+        *,
+        test_script=None,
+        out_dir=".",
+        keep_machine_state=False,
+        global_timeout=3600,
+        log_level="info",
+        junit_xml=None,
+        debug_hook_attach=None,
+        tmp_dir=None,
+    ):
+        import signal
+        import threading
+
+        self._junit_xml = junit_xml
+        self._native = _vmrig._Driver(
+            [str(s) for s in start_scripts],
+            [int(v) for v in vlans],
+            {
+                "out_dir": str(out_dir),
+                "keep_machine_state": bool(keep_machine_state),
+                "global_timeout": float(_seconds(global_timeout)),
+                "log_level": log_level,
+                "tmp_dir": None if tmp_dir is None else str(tmp_dir),
+            },
+        )
+        script = None if test_script is None else str(test_script)
+        debug = _Debug(debug_hook_attach, self._native.global_timeout)
+        self._symbols = _globals(self._native, script, None, debug)
+        # SIGTERM would kill Python without unwinding: QEMU would outlive it.
+        self._old_sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._old_sigterm = signal.signal(signal.SIGTERM, _terminating)
+
+    def test_symbols(self):
+        """The globals a NixOS test script sees, by name."""
+        return dict(self._symbols)
+
+    def __getattr__(self, name):
+        symbols = self.__dict__.get("_symbols", {})
+        if name in symbols:
+            return symbols[name]
+        raise AttributeError(f"vmrig.Driver has no attribute or test symbol {name!r}")
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self.__dict__.get("_symbols", {})))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Writes the JUnit report (if asked for) and stops every machine. Idempotent."""
+        native = self.__dict__.pop("_native", None)
+        if native is None:
+            return
+        try:
+            if self._junit_xml is not None:
+                native.write_junit(str(self._junit_xml))
+        finally:
+            native.terminate()
+            if self._old_sigterm is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, self._old_sigterm)

@@ -1,0 +1,146 @@
+//! Interactive mode in a real terminal (a pty): `vmrig -I` and `vmrig repl`
+//! typed at like a person would, down to Ctrl-C, Ctrl-D and the history file.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pty::Terminal;
+use common::{assert_no_qemu_left, hello, repo, vmrig_in};
+
+const PROMPT: &str = ">>> ";
+const SHORT: Duration = Duration::from_secs(20);
+
+/// Types `line` at the Python prompt and waits for `reply`, then the prompt.
+fn python(t: &mut Terminal, line: &str, reply: &str) {
+    t.send(&format!("{line}\n"));
+    t.expect(reply, SHORT);
+    t.expect(PROMPT, SHORT);
+}
+
+/// Types `line` in a shell_interact session, waits for `reply` and the next prompt.
+fn shell(t: &mut Terminal, line: &str, reply: &str) {
+    t.send(&format!("{line}\n"));
+    t.expect(reply, SHORT);
+    t.expect("machine$ ", SHORT);
+}
+
+#[test]
+fn repl_runs_commands_the_script_and_both_interact_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(
+        &test,
+        "start_all()\nprint('script ran:', machine.succeed('echo from-script').strip())\n",
+    )
+    .unwrap();
+    let mut cmd = vmrig_in(dir.path());
+    cmd.current_dir(dir.path())
+        .env("TERM", "xterm")
+        .arg("-I")
+        .arg("--start-scripts")
+        .arg(&script)
+        .args(["--vlans", "1"])
+        .arg(&test);
+    let mut t = Terminal::spawn(cmd);
+    let banner = t.expect(PROMPT, SHORT);
+    assert!(banner.contains("additionally exposed symbols:"), "{banner}");
+    assert!(
+        banner.contains("machine,\n") || banner.contains("machine,\r\n"),
+        "{banner}"
+    );
+
+    // The first command boots the machine.
+    t.send("machine.succeed(\"echo hi\")\n");
+    t.expect("'hi\\n'", Duration::from_secs(90));
+    t.expect(PROMPT, SHORT);
+    python(&mut t, "test_script()", "script ran: from-script");
+
+    // The guest's shell, line by line; Ctrl-D back to Python.
+    python_starts_shell(&mut t);
+    shell(&mut t, "echo from-shell-$((6 * 7))", "from-shell-42");
+    shell(&mut t, "exit 3", "(exit status 3)");
+    t.send("\x04");
+    t.expect(PROMPT, SHORT);
+    // Ctrl-C ends a shell session too, and the REPL goes on.
+    python_starts_shell(&mut t);
+    t.send("\x03");
+    t.expect(PROMPT, SHORT);
+
+    // A line typed for the serial console reaches the guest's ttyS0.
+    python(
+        &mut t,
+        "machine.succeed(\"stty -F /dev/ttyS0 -echo; (head -n1 /dev/ttyS0 > /tmp/got &)\")",
+        "''",
+    );
+    t.send("machine.console_interact()\n");
+    std::thread::sleep(Duration::from_millis(500));
+    t.send("typed-on-console\n");
+    std::thread::sleep(Duration::from_millis(500));
+    t.send("\x04");
+    t.expect(PROMPT, SHORT);
+    python(
+        &mut t,
+        "machine.succeed(\"cat /tmp/got\")",
+        "'typed-on-console\\n'",
+    );
+
+    // Ctrl-C interrupts a long command at once; the machine stays usable.
+    t.send("machine.succeed(\"sleep 4; echo slept\")\n");
+    t.expect("must succeed: sleep 4", SHORT);
+    std::thread::sleep(Duration::from_millis(300));
+    let interrupted = Instant::now();
+    t.send("\x03");
+    t.expect("KeyboardInterrupt", SHORT);
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(2),
+        "Ctrl-C took {:?}",
+        interrupted.elapsed()
+    );
+    t.expect(PROMPT, SHORT);
+    python(&mut t, "machine.succeed(\"echo after\")", "'after\\n'");
+    // A failing call is an exception at the prompt, not the end of the run.
+    python(&mut t, "machine.fail(\"true\")", "RequestedAssertionFailed");
+
+    // Ctrl-D leaves: exit status 0, history kept, no QEMU left.
+    t.send("\x04");
+    let status = t.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", t.screen());
+    let history = std::fs::read_to_string(dir.path().join(".nixos-test-history")).unwrap();
+    assert!(
+        history.contains("machine.succeed(\"echo hi\")"),
+        "{history}"
+    );
+    assert!(history.contains("test_script()"), "{history}");
+    assert_no_qemu_left(dir.path());
+}
+
+fn python_starts_shell(t: &mut Terminal) {
+    t.send("machine.shell_interact()\n");
+    t.expect("machine$ ", SHORT);
+}
+
+#[test]
+fn repl_of_a_test_directory_sees_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let test_dir = dir.path().join("hello");
+    std::fs::create_dir(&test_dir).unwrap();
+    std::fs::copy(
+        repo().join("examples/hello/vmrig.toml"),
+        test_dir.join("vmrig.toml"),
+    )
+    .unwrap();
+    std::fs::write(test_dir.join("test.py"), "machine.succeed('true')\n").unwrap();
+    let mut cmd = vmrig_in(dir.path());
+    cmd.current_dir(dir.path()).arg("repl").arg(&test_dir);
+    let mut t = Terminal::spawn(cmd);
+    t.expect(PROMPT, Duration::from_secs(60));
+    // No machine is used, so none boots.
+    t.send("print(sorted(nodes), nodes['machine']['users']['alice']['uid'], machine.is_up())\n");
+    t.expect("['machine'] 1000 False", Duration::from_secs(10));
+    t.send("exit()\n");
+    let status = t.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", t.screen());
+    assert_no_qemu_left(dir.path());
+}
