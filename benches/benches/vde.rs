@@ -2,7 +2,9 @@
 //! `vde_switch`, on the same synthetic load in the same run, with the ratio.
 //!
 //! Load: N ports (2, 8, 32), each a libvdeplug client (`VdePlug`, the protocol QEMU
-//! speaks) driven by its own thread. Ports pair up (0<->1, 2<->3, ...); every port first
+//! speaks) driven by its own thread of a separate load process (this binary run with
+//! `--load`), so that neither switch shares a process with its clients and both face
+//! the very same program. Ports pair up (0<->1, 2<->3, ...); every port first
 //! announces its MAC so both switches learn it, then:
 //! - **saturation**: every even port sends `FRAMES / (N/2)` 60-byte unicast frames to its
 //!   partner as fast as blocking `send` allows; frames/s = frames received / time from
@@ -12,9 +14,12 @@
 //! - **latency**: ping-pong between ports 0 and 1 (the others connected and idle);
 //!   one-way latency = round trip / 2; p50 and p99 over `PINGS` round trips.
 //!
-//! Run with `cargo bench -p vmrig-benches --bench vde`. This is a bench binary
-//! (`harness = false`) printing a table, not a criterion group: the comparison with
-//! an external process is the point.
+//! Each round measures both switches, alternating which goes first; the summary gives
+//! each switch's median over the rounds (other work on the host slows both alike).
+//!
+//! Run with `cargo bench -p vmrig-benches --bench vde [-- --rounds R --ports 2,8
+//! --only vmrig|vde_switch]`. This is a bench binary (`harness = false`) printing a
+//! table, not a criterion group: the comparison with an external process is the point.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -194,6 +199,7 @@ fn latency(plugs: &[VdePlug]) -> (f64, f64) {
     (pick(0.50), pick(0.99))
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Row {
     fps: f64,
     sat_lost: u64,
@@ -256,24 +262,92 @@ impl Drop for VdeSwitchProcess {
     }
 }
 
-fn main() {
-    // `cargo test --benches` runs bench binaries without `--bench`: a quick smoke run.
-    let quick = !std::env::args().any(|a| a == "--bench");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let (ports, frames): (&[usize], u64) = if quick {
-        (&[2], 10_000)
-    } else {
-        (&[2, 8, 32], FRAMES)
-    };
-    println!(
-        "vde switch benchmark: {frames} x 60-byte unicast frames at saturation, \
-         {PACED_FPS} frames/s paced for {PACED_SECS} s, {PINGS} ping-pongs"
-    );
+impl Row {
+    fn to_line(self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.fps, self.sat_lost, self.paced_lost, self.p50, self.p99
+        )
+    }
+
+    fn parse(line: &str) -> Option<Row> {
+        let mut it = line.split_whitespace();
+        Some(Row {
+            fps: it.next()?.parse().ok()?,
+            sat_lost: it.next()?.parse().ok()?,
+            paced_lost: it.next()?.parse().ok()?,
+            p50: it.next()?.parse().ok()?,
+            p99: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// Runs the load against the switch in `dir` in a child process (this binary with
+/// `--load`) and returns its figures.
+fn measure_in_child(dir: &Path, n: usize, frames: u64) -> Row {
+    let out = Command::new(std::env::current_exe().expect("bench binary path"))
+        .arg("--load")
+        .arg(dir)
+        .arg(n.to_string())
+        .arg(frames.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the load process");
+    assert!(out.status.success(), "load process failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    Row::parse(&text).unwrap_or_else(|| panic!("bad load output {text:?}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Which {
+    Vmrig,
+    VdeSwitch,
+}
+
+fn measure_switch(
+    which: Which,
+    runtime: &tokio::runtime::Runtime,
+    dir: PathBuf,
+    n: usize,
+    frames: u64,
+) -> Row {
+    match which {
+        Which::Vmrig => {
+            let switch = runtime
+                .block_on(Switch::start(SwitchOptions::new(dir)))
+                .unwrap();
+            let row = measure_in_child(switch.dir(), n, frames);
+            let _guard = runtime.enter();
+            drop(switch);
+            row
+        }
+        Which::VdeSwitch => {
+            let vde = VdeSwitchProcess::start(dir);
+            measure_in_child(&vde.dir, n, frames)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn fmt_row(r: Option<&Row>) -> (String, String) {
+    match r {
+        Some(r) => (
+            format!("{:>10.0} ({:>5}/{:>5})", r.fps, r.sat_lost, r.paced_lost),
+            format!("{:>8.1} / {:>8.1}", r.p50, r.p99),
+        ),
+        None => (format!("{:>24}", "-"), format!("{:>19}", "-")),
+    }
+}
+
+fn print_header() {
     println!(
         "{:>5} | {:>24} | {:>24} | {:>6} | {:>19} | {:>19}",
         "ports",
@@ -283,39 +357,111 @@ fn main() {
         "vmrig p50/p99 us",
         "vde_sw p50/p99 us"
     );
-    for &n in ports {
-        let ours = {
-            let switch = runtime
-                .block_on(Switch::start(SwitchOptions::new(
-                    tmp.path().join(format!("ours{n}")),
-                )))
-                .unwrap();
-            let dir = switch.dir().to_owned();
-            let row = measure(&dir, n, frames);
-            let _guard = runtime.enter();
-            drop(switch);
-            row
-        };
-        let theirs = {
-            let vde = VdeSwitchProcess::start(tmp.path().join(format!("vde{n}")));
-            measure(&vde.dir, n, frames)
-        };
-        println!(
-            "{:>5} | {:>10.0} ({:>5}/{:>5}) | {:>10.0} ({:>5}/{:>5}) | {:>5.2}x | {:>8.1} / {:>8.1} | {:>8.1} / {:>8.1}",
-            n,
-            ours.fps,
-            ours.sat_lost,
-            ours.paced_lost,
-            theirs.fps,
-            theirs.sat_lost,
-            theirs.paced_lost,
-            ours.fps / theirs.fps,
-            ours.p50,
-            ours.p99,
-            theirs.p50,
-            theirs.p99,
-        );
-        let _ = std::io::stdout().flush();
+}
+
+fn print_row(label: &str, ours: Option<&Row>, theirs: Option<&Row>) {
+    let (o, ol) = fmt_row(ours);
+    let (t, tl) = fmt_row(theirs);
+    let ratio = match (ours, theirs) {
+        (Some(o), Some(t)) => format!("{:>5.2}x", o.fps / t.fps),
+        _ => format!("{:>6}", "-"),
+    };
+    println!("{label:>5} | {o} | {t} | {ratio} | {ol} | {tl}");
+    let _ = std::io::stdout().flush();
+}
+
+/// The value following `flag` on the command line.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--load") {
+        let dir = PathBuf::from(&args[2]);
+        let n: usize = args[3].parse().expect("port count");
+        let frames: u64 = args[4].parse().expect("frame count");
+        println!("{}", measure(&dir, n, frames).to_line());
+        return;
+    }
+    // `cargo test --benches` runs bench binaries without `--bench`: a quick smoke run.
+    let quick = !args.iter().any(|a| a == "--bench");
+    let ports: Vec<usize> = match flag_value(&args, "--ports") {
+        Some(list) => list
+            .split(',')
+            .map(|p| p.parse().expect("--ports 2,8,32"))
+            .collect(),
+        None if quick => vec![2],
+        None => vec![2, 8, 32],
+    };
+    let rounds: usize = flag_value(&args, "--rounds")
+        .map(|r| r.parse().expect("--rounds N"))
+        .unwrap_or(if quick { 1 } else { 3 });
+    let which: Vec<Which> = match flag_value(&args, "--only").as_deref() {
+        Some("vmrig") => vec![Which::Vmrig],
+        Some("vde_switch") => vec![Which::VdeSwitch],
+        Some(other) => panic!("--only vmrig|vde_switch, not {other}"),
+        None => vec![Which::Vmrig, Which::VdeSwitch],
+    };
+    let frames = if quick { 10_000 } else { FRAMES };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    println!(
+        "vde switch benchmark: {frames} x 60-byte unicast frames at saturation, \
+         {PACED_FPS} frames/s paced for {PACED_SECS} s, {PINGS} ping-pongs, {rounds} round(s)"
+    );
+    print_header();
+    let mut results: Vec<(usize, Which, Row)> = Vec::new();
+    for round in 0..rounds {
+        for &n in &ports {
+            let mut order = which.clone();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut got = Vec::new();
+            for w in order {
+                let name = format!(
+                    "{}{n}-{round}",
+                    if w == Which::Vmrig { "ours" } else { "vde" }
+                );
+                let row = measure_switch(w, &runtime, tmp.path().join(name), n, frames);
+                got.push((w, row));
+                results.push((n, w, row));
+            }
+            let find = |w| got.iter().find(|(x, _)| *x == w).map(|(_, r)| r);
+            print_row(&n.to_string(), find(Which::Vmrig), find(Which::VdeSwitch));
+        }
+    }
+    if rounds > 1 {
+        println!("median of {rounds} rounds (lost: the worst round):");
+        print_header();
+        for &n in &ports {
+            let summary = |w: Which| {
+                let rows: Vec<Row> = results
+                    .iter()
+                    .filter(|(m, x, _)| *m == n && *x == w)
+                    .map(|(_, _, r)| *r)
+                    .collect();
+                (!rows.is_empty()).then(|| Row {
+                    fps: median(rows.iter().map(|r| r.fps).collect()),
+                    sat_lost: rows.iter().map(|r| r.sat_lost).max().unwrap_or(0),
+                    paced_lost: rows.iter().map(|r| r.paced_lost).max().unwrap_or(0),
+                    p50: median(rows.iter().map(|r| r.p50).collect()),
+                    p99: median(rows.iter().map(|r| r.p99).collect()),
+                })
+            };
+            print_row(
+                &n.to_string(),
+                summary(Which::Vmrig).as_ref(),
+                summary(Which::VdeSwitch).as_ref(),
+            );
+        }
     }
     println!("(lost) = frames lost at saturation / frames lost when paced");
 }
