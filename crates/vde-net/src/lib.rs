@@ -53,13 +53,14 @@ pub mod console;
 mod engine;
 pub mod error;
 pub mod mac_table;
+mod mmsg;
 pub mod pcap;
 pub mod port;
 pub mod request;
 pub mod server;
 pub mod switch;
 
-pub use client::VdePlug;
+pub use client::{RecvBatch, VdePlug};
 pub use console::run_standalone;
 pub use error::{Error, Result};
 pub use mac_table::{Mac, MacTable};
