@@ -3,10 +3,9 @@
 //!
 //! Frames never touch the async runtime: a wake-up costs one `epoll_wait`, and a busy
 //! port is read until its queue is empty, so at load the switch makes one receive and
-//! one send system call per frame and copy. Delayed frames wait in a timer heap here.
+//! one send system call per frame and copy. Delayed frames wait in a bounded
+//! [`DelayQueue`].
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::Write;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use mio::net::UnixDatagram;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, warn};
 
+use crate::delay_queue::DelayQueue;
 use crate::pcap;
 use crate::port::PortId;
 use crate::server::Shared;
@@ -48,13 +48,14 @@ impl EngineHandle {
     pub(crate) fn start(
         shared: std::sync::Weak<Shared>,
         max_ports: usize,
+        max_delayed_bytes: usize,
     ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (cmds, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("vde-switch".into())
-            .spawn(move || run(shared, poll, rx, max_ports))?;
+            .spawn(move || run(shared, poll, rx, max_ports, max_delayed_bytes))?;
         Ok(EngineHandle {
             cmds,
             waker,
@@ -86,42 +87,23 @@ impl Drop for EngineHandle {
     }
 }
 
-struct Delayed {
-    due: Instant,
-    seq: u64,
-    port: PortId,
-    frame: Vec<u8>,
-}
-
-impl PartialEq for Delayed {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
-}
-impl Eq for Delayed {}
-impl PartialOrd for Delayed {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Delayed {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
-    }
-}
-
-fn run(shared: std::sync::Weak<Shared>, mut poll: Poll, cmds: Receiver<Cmd>, max_ports: usize) {
+fn run(
+    shared: std::sync::Weak<Shared>,
+    mut poll: Poll,
+    cmds: Receiver<Cmd>,
+    max_ports: usize,
+    max_delayed_bytes: usize,
+) {
     let mut socks: Vec<Option<UnixDatagram>> = (0..=max_ports).map(|_| None).collect();
     let mut events = Events::with_capacity(256);
-    let mut delayed: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
-    let mut seq = 0u64;
+    let mut delayed = DelayQueue::new(max_delayed_bytes);
     let mut buf = vec![0u8; BATCH * MAX_FRAME];
     let mut lens = [0usize; BATCH];
     let mut ready: Vec<PortId> = Vec::new();
     loop {
         let timeout = delayed
-            .peek()
-            .map(|Reverse(d)| d.due.saturating_duration_since(Instant::now()));
+            .next_due()
+            .map(|due| due.saturating_duration_since(Instant::now()));
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 warn!(error = %e, "vde switch: epoll failed, frame path stopped");
@@ -194,15 +176,7 @@ fn run(shared: std::sync::Weak<Shared>, mut poll: Poll, cmds: Receiver<Cmd>, max
                     }
                 }
                 if n > 0 {
-                    forward_batch(
-                        &shared,
-                        port,
-                        &buf,
-                        &lens[..n],
-                        &socks,
-                        &mut delayed,
-                        &mut seq,
-                    );
+                    forward_batch(&shared, port, &buf, &lens[..n], &socks, &mut delayed);
                 }
                 if empty {
                     break;
@@ -211,13 +185,10 @@ fn run(shared: std::sync::Weak<Shared>, mut poll: Poll, cmds: Receiver<Cmd>, max
         }
         if !delayed.is_empty() {
             let now = Instant::now();
-            while delayed.peek().is_some_and(|Reverse(d)| d.due <= now) {
-                let Some(Reverse(d)) = delayed.pop() else {
-                    break;
-                };
-                if let Some(Some(sock)) = socks.get(d.port.0 as usize) {
-                    if sock.send(&d.frame).is_err() {
-                        shared.lock().core.note_send_failed(d.port, d.frame.len());
+            while let Some((port, frame)) = delayed.pop_due(now) {
+                if let Some(Some(sock)) = socks.get(port.0 as usize) {
+                    if sock.send(&frame).is_err() {
+                        shared.lock().core.note_send_failed(port, frame.len());
                     }
                 }
             }
@@ -231,8 +202,7 @@ fn forward_batch(
     buf: &[u8],
     lens: &[usize],
     socks: &[Option<UnixDatagram>],
-    delayed: &mut BinaryHeap<Reverse<Delayed>>,
-    seq: &mut u64,
+    delayed: &mut DelayQueue,
 ) {
     let now = Instant::now();
     let mut guard = shared.lock();
@@ -259,14 +229,8 @@ fn forward_batch(
                 if target.send(frame).is_err() {
                     state.core.note_send_failed(d.port, len);
                 }
-            } else {
-                *seq += 1;
-                delayed.push(Reverse(Delayed {
-                    due: now + d.delay,
-                    seq: *seq,
-                    port: d.port,
-                    frame: frame.to_vec(),
-                }));
+            } else if !delayed.push(now + d.delay, d.port, frame) {
+                state.core.note_delay_overflow(d.port, len);
             }
         }
     }

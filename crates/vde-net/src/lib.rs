@@ -50,6 +50,7 @@
 
 pub mod client;
 pub mod console;
+mod delay_queue;
 mod engine;
 pub mod error;
 pub mod mac_table;
@@ -62,6 +63,7 @@ pub mod switch;
 
 pub use client::{RecvBatch, VdePlug};
 pub use console::run_standalone;
+pub use delay_queue::DEFAULT_MAX_DELAYED_BYTES;
 pub use error::{Error, Result};
 pub use mac_table::{Mac, MacTable};
 pub use port::{Counters, LinkFaults, PortId, PortInfo};

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::delay_queue::DEFAULT_MAX_DELAYED_BYTES;
 use crate::engine::{Cmd, EngineHandle};
 use crate::error::{Error, Result};
 use crate::pcap;
@@ -41,6 +42,10 @@ pub struct SwitchOptions {
     pub handshake_timeout: Duration,
     /// How many handshakes may be in progress at once; further connections are closed.
     pub max_pending: usize,
+    /// Bound of the queue of frames held back by a delay fault, in bytes of frame data
+    /// (default [`DEFAULT_MAX_DELAYED_BYTES`], 16 MiB). A delayed frame that would pass
+    /// it is dropped and counted in its egress port's `drops` and `delay_drops`.
+    pub max_delayed_bytes: usize,
 }
 
 impl SwitchOptions {
@@ -52,6 +57,7 @@ impl SwitchOptions {
             config: SwitchConfig::default(),
             handshake_timeout: Duration::from_secs(5),
             max_pending: 64,
+            max_delayed_bytes: DEFAULT_MAX_DELAYED_BYTES,
         }
     }
 
@@ -161,8 +167,12 @@ impl Switch {
             opts,
             engine: std::sync::OnceLock::new(),
         });
-        let engine = EngineHandle::start(Arc::downgrade(&shared), max_ports)
-            .map_err(|e| Error::io("starting the switch's frame thread", e))?;
+        let engine = EngineHandle::start(
+            Arc::downgrade(&shared),
+            max_ports,
+            shared.opts.max_delayed_bytes,
+        )
+        .map_err(|e| Error::io("starting the switch's frame thread", e))?;
         let _ = shared.engine.set(engine);
         let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
         let weak = Arc::downgrade(&shared);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use vmrig_vde_net::request::{PortWish, Request};
-use vmrig_vde_net::{pcap, LinkFaults, Switch, SwitchOptions};
+use vmrig_vde_net::{pcap, LinkFaults, RecvBatch, Switch, SwitchOptions, VdePlug};
 
 fn opts(dir: &tempfile::TempDir) -> SwitchOptions {
     SwitchOptions::new(dir.path().join("sw"))
@@ -218,6 +218,64 @@ async fn pcap_capture_holds_every_frame() {
     }
 }
 
+/// A frame from `src` to `dst` numbered `seq` (big-endian in bytes 14..18).
+fn numbered(dst: [u8; 6], src: [u8; 6], seq: u32) -> Vec<u8> {
+    let mut f = frame(dst, src, 0);
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// Receives exactly `n` frames with `recv_batch`.
+fn recv_n(p: &VdePlug, n: usize) -> Vec<Vec<u8>> {
+    let mut batch = RecvBatch::new(16);
+    let mut got = Vec::new();
+    while got.len() < n {
+        p.recv_batch(&mut batch).expect("frames within 10 s");
+        got.extend(batch.iter().map(<[u8]>::to_vec));
+    }
+    assert_eq!(got.len(), n, "more frames than sent");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_queue_is_bounded_and_counts_what_it_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = opts(&tmp);
+    // Room for 10 of the 60-byte frames.
+    opts.max_delayed_bytes = 600;
+    let switch = std::sync::Arc::new(Switch::start(opts).await.unwrap());
+    let dir = switch.dir().to_owned();
+    let sw = switch.clone();
+    tokio::task::spawn_blocking(move || {
+        let (a, b) = (plug(&dir, "a"), plug(&dir, "b"));
+        let pb = sw.ports()[1].id;
+        let delay = Duration::from_millis(300);
+        sw.set_port_delay(pb, delay, Duration::ZERO).unwrap();
+        let frames: Vec<Vec<u8>> = (0..30).map(|i| numbered(BCAST, mac(1), i)).collect();
+        let t = Instant::now();
+        a.send_batch(&frames.iter().map(Vec::as_slice).collect::<Vec<_>>())
+            .unwrap();
+        // The first ten fit; the other twenty are refused, not queued.
+        assert_eq!(recv_n(&b, 10), frames[..10].to_vec());
+        assert!(t.elapsed() >= delay);
+        b.socket()
+            .set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        let mut buf = [0u8; 100];
+        assert!(b.recv(&mut buf).is_err(), "a refused frame came through");
+        let c = sw.ports()[1].counters;
+        assert_eq!((c.tx_frames, c.delay_drops, c.drops), (10, 20, 20));
+        // Once the queue has drained there is room again.
+        a.send(&frames[0]).unwrap();
+        b.socket()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(recv(&b), frames[0]);
+    })
+    .await
+    .unwrap();
+}
+
 fn request_bytes(sock_path: &[u8]) -> Vec<u8> {
     let mut buf = BytesMut::new();
     Request {
@@ -303,7 +361,7 @@ async fn bounded_ports_refuse_the_extra_client() {
     let _plugs = tokio::task::spawn_blocking(move || {
         let a = plug(&dir, "a");
         let b = plug(&dir, "b");
-        assert!(vmrig_vde_net::VdePlug::connect(&dir, "c").is_err());
+        assert!(VdePlug::connect(&dir, "c").is_err());
         (a, b)
     })
     .await
