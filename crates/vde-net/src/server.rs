@@ -22,7 +22,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::delay_queue::DEFAULT_MAX_DELAYED_BYTES;
-use crate::engine::{Cmd, EngineHandle};
+use crate::engine::{Cmd, EngineConfig, EngineHandle};
 use crate::error::{Error, Result};
 use crate::pcap;
 use crate::port::{LinkFaults, PortId, PortInfo};
@@ -46,6 +46,12 @@ pub struct SwitchOptions {
     /// (default [`DEFAULT_MAX_DELAYED_BYTES`], 16 MiB). A delayed frame that would pass
     /// it is dropped and counted in its egress port's `drops` and `delay_drops`.
     pub max_delayed_bytes: usize,
+    /// How long the frame thread keeps polling, without sleeping, after the last frame
+    /// it moved (default zero: it sleeps as soon as no frame is waiting). Some tens of
+    /// microseconds halve the switch's median latency (measured 31 -> 17 us one way at
+    /// 2 ports with 20 us) at the price of CPU time that QEMU guests on the same host
+    /// would otherwise get; saturation throughput does not change.
+    pub busy_poll: Duration,
 }
 
 impl SwitchOptions {
@@ -58,6 +64,7 @@ impl SwitchOptions {
             handshake_timeout: Duration::from_secs(5),
             max_pending: 64,
             max_delayed_bytes: DEFAULT_MAX_DELAYED_BYTES,
+            busy_poll: Duration::ZERO,
         }
     }
 
@@ -151,7 +158,11 @@ impl Switch {
         let uid = std::fs::metadata(&ctl)
             .map_err(|e| Error::io(format!("reading owner of {}", ctl.display()), e))?
             .uid();
-        let max_ports = opts.config.max_ports as usize;
+        let engine_config = EngineConfig {
+            max_ports: opts.config.max_ports as usize,
+            max_delayed_bytes: opts.max_delayed_bytes,
+            busy_poll: opts.busy_poll,
+        };
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             uid,
@@ -167,12 +178,8 @@ impl Switch {
             opts,
             engine: std::sync::OnceLock::new(),
         });
-        let engine = EngineHandle::start(
-            Arc::downgrade(&shared),
-            max_ports,
-            shared.opts.max_delayed_bytes,
-        )
-        .map_err(|e| Error::io("starting the switch's frame thread", e))?;
+        let engine = EngineHandle::start(Arc::downgrade(&shared), engine_config)
+            .map_err(|e| Error::io("starting the switch's frame thread", e))?;
         let _ = shared.engine.set(engine);
         let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();
         let weak = Arc::downgrade(&shared);

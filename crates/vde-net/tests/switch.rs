@@ -225,6 +225,10 @@ fn numbered(dst: [u8; 6], src: [u8; 6], seq: u32) -> Vec<u8> {
     f
 }
 
+fn seq_of(f: &[u8]) -> u32 {
+    u32::from_be_bytes(f[14..18].try_into().unwrap())
+}
+
 /// Receives exactly `n` frames with `recv_batch`.
 fn recv_n(p: &VdePlug, n: usize) -> Vec<Vec<u8>> {
     let mut batch = RecvBatch::new(16);
@@ -235,6 +239,69 @@ fn recv_n(p: &VdePlug, n: usize) -> Vec<Vec<u8>> {
     }
     assert_eq!(got.len(), n, "more frames than sent");
     got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_each_senders_order_unicast_and_flooded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = opts(&tmp);
+    // Exercise the polling loop too.
+    opts.busy_poll = Duration::from_micros(200);
+    let switch = std::sync::Arc::new(Switch::start(opts).await.unwrap());
+    let dir = switch.dir().to_owned();
+    let sw = switch.clone();
+    tokio::task::spawn_blocking(move || {
+        let (a, b, c) = (plug(&dir, "a"), plug(&dir, "b"), plug(&dir, "c"));
+        for (p, i) in [(&a, 1), (&b, 2), (&c, 3)] {
+            p.send(&frame(BCAST, mac(i), 0)).unwrap();
+        }
+        recv_n(&a, 2);
+        recv_n(&b, 2);
+        recv_n(&c, 2);
+        let mut seq = 0;
+        for round in 0..40 {
+            // a and b both send a burst to c: each one's frames stay in order.
+            let fa: Vec<Vec<u8>> = (0..64).map(|i| numbered(mac(3), mac(1), seq + i)).collect();
+            let fb: Vec<Vec<u8>> = (0..64).map(|i| numbered(mac(3), mac(2), seq + i)).collect();
+            a.send_batch(&fa.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .unwrap();
+            b.send_batch(&fb.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .unwrap();
+            let got = recv_n(&c, 128);
+            for src in [1u8, 2] {
+                let seqs: Vec<u32> = got
+                    .iter()
+                    .filter(|f| f[11] == src)
+                    .map(|f| seq_of(f))
+                    .collect();
+                assert_eq!(seqs, (seq..seq + 64).collect::<Vec<_>>(), "round {round}");
+            }
+            // c floods a burst: a and b get all of it, in order.
+            let fc: Vec<Vec<u8>> = (0..50).map(|i| numbered(BCAST, mac(3), seq + i)).collect();
+            c.send_batch(&fc.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .unwrap();
+            for p in [&a, &b] {
+                assert_eq!(recv_n(p, 50), fc);
+            }
+            seq += 64;
+        }
+        // Jumbo frames pass whole.
+        let mut jumbo = numbered(mac(1), mac(3), 7);
+        jumbo.resize(9000, 0xab);
+        c.send(&jumbo).unwrap();
+        let got = recv_n(&a, 1).remove(0);
+        assert!(
+            got == jumbo,
+            "jumbo frame changed: {} bytes came",
+            got.len()
+        );
+        let ports = sw.ports();
+        assert_eq!(ports[2].counters.rx_frames, 1 + 40 * 50 + 1);
+        assert_eq!(ports[2].counters.tx_frames, 2 + 40 * 128);
+        assert!(ports.iter().all(|p| p.counters.drops == 0));
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
