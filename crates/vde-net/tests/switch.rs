@@ -305,6 +305,59 @@ async fn batches_keep_each_senders_order_unicast_and_flooded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_port_does_not_starve_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let dir = switch.dir().to_owned();
+    let worst = tokio::task::spawn_blocking(move || {
+        let plugs: Vec<VdePlug> = (1..=4).map(|i| plug(&dir, &format!("p{i}"))).collect();
+        for (i, p) in plugs.iter().enumerate() {
+            p.send(&frame(BCAST, mac(i as u8 + 1), 0)).unwrap();
+        }
+        for p in &plugs {
+            recv_n(p, 3);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (a, b, c, d) = (&plugs[0], &plugs[1], &plugs[2], &plugs[3]);
+        std::thread::scope(|s| {
+            // a sends to b as fast as it can, b takes everything.
+            s.spawn(|| {
+                let f = frame(mac(2), mac(1), 1);
+                let burst = vec![&f[..]; 32];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    a.send_batch(&burst).unwrap();
+                }
+            });
+            s.spawn(|| {
+                let mut batch = RecvBatch::new(64);
+                b.socket()
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = b.recv_batch(&mut batch);
+                }
+            });
+            // Meanwhile c's frames to d still get through promptly.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut worst = Duration::ZERO;
+            for i in 0..20 {
+                let t = Instant::now();
+                c.send(&numbered(mac(4), mac(3), i)).unwrap();
+                assert_eq!(recv_n(d, 1)[0][14..18], i.to_be_bytes());
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            worst
+        })
+    })
+    .await
+    .unwrap();
+    // Without a per-port budget, c waited for a's queue to run dry: seconds.
+    assert!(worst < Duration::from_millis(500), "c waited {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delay_queue_is_bounded_and_counts_what_it_refuses() {
     let tmp = tempfile::tempdir().unwrap();
     let mut opts = opts(&tmp);
