@@ -2,19 +2,33 @@
 //! `vde_switch`, on the same synthetic load in the same run, with the ratio.
 //!
 //! Load: N ports (2, 8, 32), each a libvdeplug client (`VdePlug`, the protocol QEMU
-//! speaks) driven by its own thread. Ports pair up (0<->1, 2<->3, ...); every port first
+//! speaks) driven by its own thread of a separate load process (this binary run with
+//! `--load`), so that neither switch shares a process with its clients and both face
+//! the very same program. Ports pair up (0<->1, 2<->3, ...); every port first
 //! announces its MAC so both switches learn it, then:
 //! - **saturation**: every even port sends `FRAMES / (N/2)` 60-byte unicast frames to its
-//!   partner as fast as blocking `send` allows; frames/s = frames received / time from
-//!   the first send to the last receive; loss = sent - received;
+//!   partner as fast as blocking sends allow; frames/s = frames received / time from
+//!   the first send to the last receive; loss = sent - received. The switch's own CPU
+//!   time over this phase (its thread's or process's `schedstat`) divided by the frames
+//!   sent into it gives its cost per frame, a figure other load on the host hardly
+//!   moves;
 //! - **paced**: the same at a fixed aggregate rate (below both switches' saturation);
 //!   loss must be 0;
 //! - **latency**: ping-pong between ports 0 and 1 (the others connected and idle);
 //!   one-way latency = round trip / 2; p50 and p99 over `PINGS` round trips.
 //!
-//! Run with `cargo bench -p vmrig-benches --bench vde`. This is a bench binary
-//! (`harness = false`) printing a table, not a criterion group: the comparison with
-//! an external process is the point.
+//! The clients should not be what is measured: by default (`--client batch`) senders
+//! hand the kernel `SEND_BURST` frames per `sendmmsg` and receivers take every queued
+//! frame per `recvmmsg`, so on a small host they leave the CPU to the switch under test.
+//! `--client single` makes one system call per frame, as QEMU does.
+//!
+//! Each round measures both switches, alternating which goes first; the summary gives
+//! each switch's median over the rounds (other work on the host slows both alike).
+//!
+//! Run with `cargo bench -p vmrig-benches --bench vde [-- --rounds R --ports 2,8
+//! --only vmrig|vde_switch --client batch|single --busy-poll-us N]`. This is a bench binary
+//! (`harness = false`) printing a table, not a criterion group: the comparison with an
+//! external process is the point.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,12 +37,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use vmrig_vde_net::{Switch, SwitchOptions, VdePlug};
+use vmrig_vde_net::{RecvBatch, Switch, SwitchOptions, VdePlug};
 
 const FRAMES: u64 = 200_000;
 const PACED_FPS: u64 = 20_000;
 const PACED_SECS: f64 = 1.0;
 const PINGS: usize = 2_000;
+/// Frames per `sendmmsg` of a batching sender at saturation.
+const SEND_BURST: usize = 32;
+/// Frames a paced sender sends together, to keep its sleeps coarse.
+const PACED_BURST: usize = 10;
 
 fn mac(i: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, (i >> 8) as u8, i as u8]
@@ -70,13 +88,60 @@ fn drain(plugs: &[VdePlug]) {
     }
 }
 
+/// How the synthetic ports use the socket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Client {
+    /// `sendmmsg`/`recvmmsg`: many frames per system call.
+    Batch,
+    /// `send`/`recv`: one frame per system call, like QEMU.
+    Single,
+}
+
+impl Client {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Batch => "batch",
+            Client::Single => "single",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Client> {
+        match s {
+            "batch" => Some(Client::Batch),
+            "single" => Some(Client::Single),
+            _ => None,
+        }
+    }
+
+    /// Sends `k` copies of `f` (`k` <= the length of `burst`, which holds copies of `f`).
+    fn send(self, tx: &VdePlug, f: &[u8], burst: &[&[u8]], k: usize) {
+        match self {
+            Client::Batch => tx.send_batch(&burst[..k]).unwrap(),
+            Client::Single => {
+                for _ in 0..k {
+                    tx.send(f).unwrap();
+                }
+            }
+        }
+    }
+
+    /// Receives what is queued (at least one frame, or the read timeout's error).
+    fn recv(self, rx: &VdePlug, batch: &mut RecvBatch, buf: &mut [u8]) -> std::io::Result<u64> {
+        match self {
+            Client::Batch => rx.recv_batch(batch).map(|n| n as u64),
+            Client::Single => rx.recv(buf).map(|_| 1),
+        }
+    }
+}
+
 struct Load {
     fps: f64,
+    sent: u64,
     lost: u64,
 }
 
 /// Even ports send to odd partners; `rate` = aggregate frames/s, or None for flat out.
-fn run_load(plugs: &[VdePlug], total: u64, rate: Option<u64>) -> Load {
+fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) -> Load {
     let pairs = plugs.len() / 2;
     let per_sender = total / pairs as u64;
     let barrier = Barrier::new(plugs.len() + 1);
@@ -91,39 +156,41 @@ fn run_load(plugs: &[VdePlug], total: u64, rate: Option<u64>) -> Load {
             let f = frame(mac(2 * pair + 1), mac(2 * pair));
             let barrier = &barrier;
             senders.push(s.spawn(move || {
+                let burst: Vec<&[u8]> = vec![&f[..]; SEND_BURST.max(PACED_BURST)];
                 barrier.wait();
                 let start = Instant::now();
                 let mut n = 0u64;
                 while n < per_sender {
-                    if let Some(rate) = rate {
-                        // Pace in bursts of 10 to keep sleeps coarse.
-                        let due =
-                            start + Duration::from_secs_f64(n as f64 * pairs as f64 / rate as f64);
-                        let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
+                    let k = match rate {
+                        Some(rate) => {
+                            let due = start
+                                + Duration::from_secs_f64(n as f64 * pairs as f64 / rate as f64);
+                            let now = Instant::now();
+                            if due > now {
+                                std::thread::sleep(due - now);
+                            }
+                            PACED_BURST
                         }
-                        for _ in 0..10.min(per_sender - n) {
-                            tx.send(&f).unwrap();
-                            n += 1;
-                        }
-                    } else {
-                        tx.send(&f).unwrap();
-                        n += 1;
-                    }
+                        None if client == Client::Batch => SEND_BURST,
+                        None => 1,
+                    };
+                    let k = (k as u64).min(per_sender - n) as usize;
+                    client.send(tx, &f, &burst, k);
+                    n += k as u64;
                 }
                 (start, n)
             }));
             let done = &done;
             receivers.push(s.spawn(move || {
                 barrier.wait();
+                let mut batch = RecvBatch::new(64);
                 let mut buf = [0u8; 2048];
                 let mut n = 0u64;
                 let mut last = None;
                 while n < per_sender {
-                    match rx.recv(&mut buf) {
-                        Ok(_) => {
-                            n += 1;
+                    match client.recv(rx, &mut batch, &mut buf) {
+                        Ok(k) => {
+                            n += k;
                             last = Some(Instant::now());
                         }
                         // 500 ms without a frame after the senders finished: lost.
@@ -155,7 +222,8 @@ fn run_load(plugs: &[VdePlug], total: u64, rate: Option<u64>) -> Load {
     };
     Load {
         fps: got as f64 / secs,
-        lost: sent - got,
+        sent,
+        lost: sent.saturating_sub(got),
     }
 }
 
@@ -194,32 +262,114 @@ fn latency(plugs: &[VdePlug]) -> (f64, f64) {
     (pick(0.50), pick(0.99))
 }
 
+/// CPU time a thread or process has used, in ns, from its `schedstat` file.
+fn cpu_ns(schedstat: &Path) -> Option<u64> {
+    std::fs::read_to_string(schedstat)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Row {
     fps: f64,
     sat_lost: u64,
     paced_lost: u64,
     p50: f64,
     p99: f64,
+    /// The switch's CPU time per frame sent into it at saturation, in ns.
+    cpu_ns: f64,
 }
 
-fn measure(dir: &Path, n: usize, frames: u64) -> Row {
-    let plugs = connect_all(dir, n);
-    let sat = run_load(&plugs, frames, None);
+impl Row {
+    fn to_line(self) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            self.fps, self.sat_lost, self.paced_lost, self.p50, self.p99, self.cpu_ns
+        )
+    }
+
+    fn parse(line: &str) -> Option<Row> {
+        let mut it = line.split_whitespace();
+        Some(Row {
+            fps: it.next()?.parse().ok()?,
+            sat_lost: it.next()?.parse().ok()?,
+            paced_lost: it.next()?.parse().ok()?,
+            p50: it.next()?.parse().ok()?,
+            p99: it.next()?.parse().ok()?,
+            cpu_ns: it.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// What the load process is told: the switch, the load, and where the switch's CPU
+/// time can be read.
+struct LoadArgs {
+    dir: PathBuf,
+    ports: usize,
+    frames: u64,
+    client: Client,
+    schedstat: PathBuf,
+}
+
+fn measure(args: &LoadArgs) -> Row {
+    let plugs = connect_all(&args.dir, args.ports);
+    let cpu_before = cpu_ns(&args.schedstat);
+    let sat = run_load(&plugs, args.client, args.frames, None);
+    let cpu_after = cpu_ns(&args.schedstat);
     drain(&plugs);
     let paced = run_load(
         &plugs,
+        args.client,
         (PACED_FPS as f64 * PACED_SECS) as u64,
         Some(PACED_FPS),
     );
     drain(&plugs);
     let (p50, p99) = latency(&plugs);
+    let cpu_ns = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / sat.sent as f64,
+        _ => f64::NAN,
+    };
     Row {
         fps: sat.fps,
         sat_lost: sat.lost,
         paced_lost: paced.lost,
         p50,
         p99,
+        cpu_ns,
     }
+}
+
+/// Runs the load against the switch in `dir` in a child process (this binary with
+/// `--load`) and returns its figures.
+fn measure_in_child(args: &LoadArgs) -> Row {
+    let out = Command::new(std::env::current_exe().expect("bench binary path"))
+        .arg("--load")
+        .arg(&args.dir)
+        .arg(args.ports.to_string())
+        .arg(args.frames.to_string())
+        .arg(args.client.name())
+        .arg(&args.schedstat)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the load process");
+    assert!(out.status.success(), "load process failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    Row::parse(&text).unwrap_or_else(|| panic!("bad load output {text:?}"))
+}
+
+/// The load process's side of `measure_in_child`.
+fn load_main(args: &[String]) {
+    let args = LoadArgs {
+        dir: PathBuf::from(&args[2]),
+        ports: args[3].parse().expect("port count"),
+        frames: args[4].parse().expect("frame count"),
+        client: Client::parse(&args[5]).expect("client kind"),
+        schedstat: PathBuf::from(&args[6]),
+    };
+    println!("{}", measure(&args).to_line());
 }
 
 struct VdeSwitchProcess {
@@ -256,66 +406,225 @@ impl Drop for VdeSwitchProcess {
     }
 }
 
+/// The `schedstat` file of this process's thread called `name`.
+fn thread_schedstat(name: &str) -> Option<PathBuf> {
+    std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
+        let t = t.ok()?.path();
+        let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+        (comm.trim_end() == name).then(|| {
+            Path::new("/proc")
+                .join(std::process::id().to_string())
+                .join("task")
+                .join(t.file_name().unwrap_or_default())
+                .join("schedstat")
+        })
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Which {
+    Vmrig,
+    VdeSwitch,
+}
+
+struct Setup<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    tmp: &'a Path,
+    frames: u64,
+    client: Client,
+    /// vmrig's busy-poll setting, when not the default.
+    busy_poll: Option<Duration>,
+}
+
+fn measure_switch(setup: &Setup<'_>, which: Which, n: usize, round: usize) -> Row {
+    let load = |dir: &Path, schedstat: PathBuf| {
+        measure_in_child(&LoadArgs {
+            dir: dir.to_owned(),
+            ports: n,
+            frames: setup.frames,
+            client: setup.client,
+            schedstat,
+        })
+    };
+    match which {
+        Which::Vmrig => {
+            let dir = setup.tmp.join(format!("ours{n}-{round}"));
+            let mut opts = SwitchOptions::new(dir);
+            opts.busy_poll = setup.busy_poll.unwrap_or(opts.busy_poll);
+            let switch = setup.runtime.block_on(Switch::start(opts)).unwrap();
+            // The frame thread is named after the switch (see vde-net's engine); it
+            // names itself once it runs.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let schedstat = loop {
+                match thread_schedstat("vde-switch") {
+                    Some(path) => break path,
+                    None if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    None => break PathBuf::new(),
+                }
+            };
+            let row = load(switch.dir(), schedstat);
+            let _guard = setup.runtime.enter();
+            drop(switch);
+            row
+        }
+        Which::VdeSwitch => {
+            let vde = VdeSwitchProcess::start(setup.tmp.join(format!("vde{n}-{round}")));
+            let schedstat = PathBuf::from(format!("/proc/{}/schedstat", vde.child.id()));
+            load(&vde.dir, schedstat)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn print_header() {
+    println!(
+        "{:>5} | {:>24} | {:>24} | {:>6} | {:>17} | {:>17} | {:>17}",
+        "ports",
+        "vmrig frames/s (lost)",
+        "vde_switch f/s (lost)",
+        "ratio",
+        "vmrig p50/p99 us",
+        "vde_sw p50/p99 us",
+        "CPU ns/frame v/vde"
+    );
+}
+
+fn print_row(label: &str, ours: Option<&Row>, theirs: Option<&Row>) {
+    let fmt = |r: Option<&Row>| match r {
+        Some(r) => (
+            format!("{:>10.0} ({:>5}/{:>5})", r.fps, r.sat_lost, r.paced_lost),
+            format!("{:>7.1} / {:>7.1}", r.p50, r.p99),
+            format!("{:>7.0}", r.cpu_ns),
+        ),
+        None => (
+            format!("{:>24}", "-"),
+            format!("{:>17}", "-"),
+            format!("{:>7}", "-"),
+        ),
+    };
+    let (o, ol, oc) = fmt(ours);
+    let (t, tl, tc) = fmt(theirs);
+    let ratio = match (ours, theirs) {
+        (Some(o), Some(t)) => format!("{:>5.2}x", o.fps / t.fps),
+        _ => format!("{:>6}", "-"),
+    };
+    println!("{label:>5} | {o} | {t} | {ratio} | {ol} | {tl} | {oc} / {tc}");
+    let _ = std::io::stdout().flush();
+}
+
+/// The value following `flag` on the command line.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--load") {
+        load_main(&args);
+        return;
+    }
     // `cargo test --benches` runs bench binaries without `--bench`: a quick smoke run.
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = !args.iter().any(|a| a == "--bench");
+    let ports: Vec<usize> = match flag_value(&args, "--ports") {
+        Some(list) => list
+            .split(',')
+            .map(|p| p.parse().expect("--ports 2,8,32"))
+            .collect(),
+        None if quick => vec![2],
+        None => vec![2, 8, 32],
+    };
+    let rounds: usize = flag_value(&args, "--rounds")
+        .map(|r| r.parse().expect("--rounds N"))
+        .unwrap_or(if quick { 1 } else { 3 });
+    let which: Vec<Which> = match flag_value(&args, "--only").as_deref() {
+        Some("vmrig") => vec![Which::Vmrig],
+        Some("vde_switch") => vec![Which::VdeSwitch],
+        Some(other) => panic!("--only vmrig|vde_switch, not {other}"),
+        None => vec![Which::Vmrig, Which::VdeSwitch],
+    };
+    let client = flag_value(&args, "--client")
+        .map(|c| Client::parse(&c).expect("--client batch|single"))
+        .unwrap_or(Client::Batch);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let (ports, frames): (&[usize], u64) = if quick {
-        (&[2], 10_000)
-    } else {
-        (&[2, 8, 32], FRAMES)
+    let setup = Setup {
+        runtime: &runtime,
+        tmp: tmp.path(),
+        frames: if quick { 10_000 } else { FRAMES },
+        client,
+        busy_poll: flag_value(&args, "--busy-poll-us")
+            .map(|us| Duration::from_micros(us.parse().expect("--busy-poll-us N"))),
     };
     println!(
-        "vde switch benchmark: {frames} x 60-byte unicast frames at saturation, \
-         {PACED_FPS} frames/s paced for {PACED_SECS} s, {PINGS} ping-pongs"
+        "vde switch benchmark: {} x 60-byte unicast frames at saturation, \
+         {PACED_FPS} frames/s paced for {PACED_SECS} s, {PINGS} ping-pongs, \
+         {} clients, {rounds} round(s)",
+        setup.frames,
+        client.name()
     );
-    println!(
-        "{:>5} | {:>24} | {:>24} | {:>6} | {:>19} | {:>19}",
-        "ports",
-        "vmrig frames/s (lost)",
-        "vde_switch f/s (lost)",
-        "ratio",
-        "vmrig p50/p99 us",
-        "vde_sw p50/p99 us"
-    );
-    for &n in ports {
-        let ours = {
-            let switch = runtime
-                .block_on(Switch::start(SwitchOptions::new(
-                    tmp.path().join(format!("ours{n}")),
-                )))
-                .unwrap();
-            let dir = switch.dir().to_owned();
-            let row = measure(&dir, n, frames);
-            let _guard = runtime.enter();
-            drop(switch);
-            row
-        };
-        let theirs = {
-            let vde = VdeSwitchProcess::start(tmp.path().join(format!("vde{n}")));
-            measure(&vde.dir, n, frames)
-        };
-        println!(
-            "{:>5} | {:>10.0} ({:>5}/{:>5}) | {:>10.0} ({:>5}/{:>5}) | {:>5.2}x | {:>8.1} / {:>8.1} | {:>8.1} / {:>8.1}",
-            n,
-            ours.fps,
-            ours.sat_lost,
-            ours.paced_lost,
-            theirs.fps,
-            theirs.sat_lost,
-            theirs.paced_lost,
-            ours.fps / theirs.fps,
-            ours.p50,
-            ours.p99,
-            theirs.p50,
-            theirs.p99,
-        );
-        let _ = std::io::stdout().flush();
+    print_header();
+    let mut results: Vec<(usize, Which, Row)> = Vec::new();
+    for round in 0..rounds {
+        for &n in &ports {
+            let mut order = which.clone();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut got = Vec::new();
+            for w in order {
+                let row = measure_switch(&setup, w, n, round);
+                got.push((w, row));
+                results.push((n, w, row));
+            }
+            let find = |w| got.iter().find(|(x, _)| *x == w).map(|(_, r)| r);
+            print_row(&n.to_string(), find(Which::Vmrig), find(Which::VdeSwitch));
+        }
     }
-    println!("(lost) = frames lost at saturation / frames lost when paced");
+    if rounds > 1 {
+        println!("median of {rounds} rounds (lost: the worst round):");
+        print_header();
+        for &n in &ports {
+            let summary = |w: Which| {
+                let rows: Vec<Row> = results
+                    .iter()
+                    .filter(|(m, x, _)| *m == n && *x == w)
+                    .map(|(_, _, r)| *r)
+                    .collect();
+                let med = |f: fn(&Row) -> f64| median(rows.iter().map(f).collect());
+                (!rows.is_empty()).then(|| Row {
+                    fps: med(|r| r.fps),
+                    sat_lost: rows.iter().map(|r| r.sat_lost).max().unwrap_or(0),
+                    paced_lost: rows.iter().map(|r| r.paced_lost).max().unwrap_or(0),
+                    p50: med(|r| r.p50),
+                    p99: med(|r| r.p99),
+                    cpu_ns: med(|r| r.cpu_ns),
+                })
+            };
+            print_row(
+                &n.to_string(),
+                summary(Which::Vmrig).as_ref(),
+                summary(Which::VdeSwitch).as_ref(),
+            );
+        }
+    }
+    println!(
+        "(lost) = frames lost at saturation / frames lost when paced; \
+         CPU ns/frame = the switch's CPU time at saturation per frame sent into it"
+    );
 }

@@ -4,6 +4,7 @@
 //! `vde_switch`, which is how the benchmark compares the two switches on equal terms.
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
+use crate::engine::MAX_FRAME;
 use crate::error::{Error, Result};
+use crate::mmsg::{RecvArena, SendBatch};
 use crate::request::{decode_reply, PortWish, Request, SOCKADDR_UN_LEN};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -92,6 +95,68 @@ impl VdePlug {
     /// Receives one Ethernet frame.
     pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.data.recv(buf)
+    }
+
+    /// Sends frames in order with one system call per batch (`sendmmsg`), waiting for
+    /// room like [`send`](Self::send) unless the socket is non-blocking. Fails with the
+    /// first error, after sending the frames before it.
+    pub fn send_batch(&self, frames: &[&[u8]]) -> std::io::Result<()> {
+        let mut failed = Vec::new();
+        match SendBatch::default().send(
+            self.data.as_fd(),
+            frames.iter().copied(),
+            true,
+            &mut failed,
+        ) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the batch's frames with those queued for this port (`recvmmsg`): waits
+    /// for the first like [`recv`](Self::recv) (the read timeout applies) and takes the
+    /// others already queued, up to the batch's capacity. Returns how many arrived.
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
+        batch.arena.clear();
+        // On a non-blocking socket the first receive does not wait either.
+        batch.arena.recv_from(self.data.as_fd(), usize::MAX, true)
+    }
+}
+
+/// Frames received together by [`VdePlug::recv_batch`].
+pub struct RecvBatch {
+    arena: RecvArena,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("len", &self.arena.len())
+            .finish()
+    }
+}
+
+impl RecvBatch {
+    /// Room for `capacity` frames of any size (jumbo frames included).
+    pub fn new(capacity: usize) -> Self {
+        RecvBatch {
+            arena: RecvArena::new(capacity, MAX_FRAME),
+        }
+    }
+
+    /// Number of frames received.
+    pub fn len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Whether no frame was received.
+    pub fn is_empty(&self) -> bool {
+        self.arena.len() == 0
+    }
+
+    /// The frames, in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.arena.len()).map(|i| self.arena.frame(i))
     }
 }
 

@@ -50,17 +50,20 @@
 
 pub mod client;
 pub mod console;
+mod delay_queue;
 mod engine;
 pub mod error;
 pub mod mac_table;
+mod mmsg;
 pub mod pcap;
 pub mod port;
 pub mod request;
 pub mod server;
 pub mod switch;
 
-pub use client::VdePlug;
+pub use client::{RecvBatch, VdePlug};
 pub use console::run_standalone;
+pub use delay_queue::DEFAULT_MAX_DELAYED_BYTES;
 pub use error::{Error, Result};
 pub use mac_table::{Mac, MacTable};
 pub use port::{Counters, LinkFaults, PortId, PortInfo};

@@ -25,8 +25,11 @@ pub struct Counters {
     /// Bytes sent to the port's client.
     pub tx_bytes: u64,
     /// Frames dropped on their way in or out of this port (link down, loss, partition,
-    /// runt frame, full client queue).
+    /// runt frame, full client queue, full delay queue).
     pub drops: u64,
+    /// Frames to this port that a delay fault would have held back but the delay queue
+    /// was full (`SwitchOptions::max_delayed_bytes`); also counted in `drops`.
+    pub delay_drops: u64,
 }
 
 /// Faults applied to a port, or to the whole switch (= the VLAN).

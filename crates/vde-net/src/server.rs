@@ -21,7 +21,8 @@ use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::engine::{Cmd, EngineHandle};
+use crate::delay_queue::DEFAULT_MAX_DELAYED_BYTES;
+use crate::engine::{Cmd, EngineConfig, EngineHandle};
 use crate::error::{Error, Result};
 use crate::pcap;
 use crate::port::{LinkFaults, PortId, PortInfo};
@@ -41,6 +42,16 @@ pub struct SwitchOptions {
     pub handshake_timeout: Duration,
     /// How many handshakes may be in progress at once; further connections are closed.
     pub max_pending: usize,
+    /// Bound of the queue of frames held back by a delay fault, in bytes of frame data
+    /// (default [`DEFAULT_MAX_DELAYED_BYTES`], 16 MiB). A delayed frame that would pass
+    /// it is dropped and counted in its egress port's `drops` and `delay_drops`.
+    pub max_delayed_bytes: usize,
+    /// How long the frame thread keeps polling, without sleeping, after the last frame
+    /// it moved (default zero: it sleeps as soon as no frame is waiting). 20 us nearly
+    /// halves the median latency of an otherwise idle switch (measured 30 -> 17 us one
+    /// way), at the price of CPU time that QEMU guests on the same host would otherwise
+    /// get: on a 2-vCPU host saturation throughput came out a few percent lower.
+    pub busy_poll: Duration,
 }
 
 impl SwitchOptions {
@@ -52,6 +63,8 @@ impl SwitchOptions {
             config: SwitchConfig::default(),
             handshake_timeout: Duration::from_secs(5),
             max_pending: 64,
+            max_delayed_bytes: DEFAULT_MAX_DELAYED_BYTES,
+            busy_poll: Duration::ZERO,
         }
     }
 
@@ -145,7 +158,11 @@ impl Switch {
         let uid = std::fs::metadata(&ctl)
             .map_err(|e| Error::io(format!("reading owner of {}", ctl.display()), e))?
             .uid();
-        let max_ports = opts.config.max_ports as usize;
+        let engine_config = EngineConfig {
+            max_ports: opts.config.max_ports as usize,
+            max_delayed_bytes: opts.max_delayed_bytes,
+            busy_poll: opts.busy_poll,
+        };
         let shared = Arc::new(Shared {
             dir: dir.clone(),
             uid,
@@ -161,7 +178,7 @@ impl Switch {
             opts,
             engine: std::sync::OnceLock::new(),
         });
-        let engine = EngineHandle::start(Arc::downgrade(&shared), max_ports)
+        let engine = EngineHandle::start(Arc::downgrade(&shared), engine_config)
             .map_err(|e| Error::io("starting the switch's frame thread", e))?;
         let _ = shared.engine.set(engine);
         let accept = tokio::spawn(accept_loop(shared.clone(), listener)).abort_handle();

@@ -221,6 +221,15 @@ impl SwitchCore {
         }
     }
 
+    /// Records that a delayed delivery decided by [`forward`](Self::forward) was refused
+    /// by the full delay queue: moves it from the sent to the dropped count.
+    pub fn note_delay_overflow(&mut self, port: PortId, len: usize) {
+        self.note_send_failed(port, len);
+        if let Ok(p) = self.port_mut(port) {
+            p.counters.delay_drops += 1;
+        }
+    }
+
     /// Decides where a frame received on `ingress` goes. Deliveries are appended to
     /// `out` (cleared first). Never delivers to `ingress` itself.
     pub fn forward<R: Rng + ?Sized>(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use vmrig_vde_net::request::{PortWish, Request};
-use vmrig_vde_net::{pcap, LinkFaults, Switch, SwitchOptions};
+use vmrig_vde_net::{pcap, LinkFaults, RecvBatch, Switch, SwitchOptions, VdePlug};
 
 fn opts(dir: &tempfile::TempDir) -> SwitchOptions {
     SwitchOptions::new(dir.path().join("sw"))
@@ -218,6 +218,184 @@ async fn pcap_capture_holds_every_frame() {
     }
 }
 
+/// A frame from `src` to `dst` numbered `seq` (big-endian in bytes 14..18).
+fn numbered(dst: [u8; 6], src: [u8; 6], seq: u32) -> Vec<u8> {
+    let mut f = frame(dst, src, 0);
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+fn seq_of(f: &[u8]) -> u32 {
+    u32::from_be_bytes(f[14..18].try_into().unwrap())
+}
+
+/// Receives exactly `n` frames with `recv_batch`.
+fn recv_n(p: &VdePlug, n: usize) -> Vec<Vec<u8>> {
+    let mut batch = RecvBatch::new(16);
+    let mut got = Vec::new();
+    while got.len() < n {
+        p.recv_batch(&mut batch).expect("frames within 10 s");
+        got.extend(batch.iter().map(<[u8]>::to_vec));
+    }
+    assert_eq!(got.len(), n, "more frames than sent");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_each_senders_order_unicast_and_flooded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = opts(&tmp);
+    // Exercise the polling loop too.
+    opts.busy_poll = Duration::from_micros(200);
+    let switch = std::sync::Arc::new(Switch::start(opts).await.unwrap());
+    let dir = switch.dir().to_owned();
+    let sw = switch.clone();
+    tokio::task::spawn_blocking(move || {
+        let (a, b, c) = (plug(&dir, "a"), plug(&dir, "b"), plug(&dir, "c"));
+        for (p, i) in [(&a, 1), (&b, 2), (&c, 3)] {
+            p.send(&frame(BCAST, mac(i), 0)).unwrap();
+        }
+        recv_n(&a, 2);
+        recv_n(&b, 2);
+        recv_n(&c, 2);
+        let mut seq = 0;
+        for round in 0..40 {
+            // a and b both send a burst to c: each one's frames stay in order.
+            let fa: Vec<Vec<u8>> = (0..64).map(|i| numbered(mac(3), mac(1), seq + i)).collect();
+            let fb: Vec<Vec<u8>> = (0..64).map(|i| numbered(mac(3), mac(2), seq + i)).collect();
+            a.send_batch(&fa.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .unwrap();
+            b.send_batch(&fb.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .unwrap();
+            let got = recv_n(&c, 128);
+            for src in [1u8, 2] {
+                let seqs: Vec<u32> = got
+                    .iter()
+                    .filter(|f| f[11] == src)
+                    .map(|f| seq_of(f))
+                    .collect();
+                assert_eq!(seqs, (seq..seq + 64).collect::<Vec<_>>(), "round {round}");
+            }
+            // c floods a burst: a and b get all of it, in order.
+            let fc: Vec<Vec<u8>> = (0..50).map(|i| numbered(BCAST, mac(3), seq + i)).collect();
+            c.send_batch(&fc.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                .unwrap();
+            for p in [&a, &b] {
+                assert_eq!(recv_n(p, 50), fc);
+            }
+            seq += 64;
+        }
+        // Jumbo frames pass whole.
+        let mut jumbo = numbered(mac(1), mac(3), 7);
+        jumbo.resize(9000, 0xab);
+        c.send(&jumbo).unwrap();
+        let got = recv_n(&a, 1).remove(0);
+        assert!(
+            got == jumbo,
+            "jumbo frame changed: {} bytes came",
+            got.len()
+        );
+        let ports = sw.ports();
+        assert_eq!(ports[2].counters.rx_frames, 1 + 40 * 50 + 1);
+        assert_eq!(ports[2].counters.tx_frames, 2 + 40 * 128);
+        assert!(ports.iter().all(|p| p.counters.drops == 0));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_port_does_not_starve_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&tmp)).await.unwrap();
+    let dir = switch.dir().to_owned();
+    let worst = tokio::task::spawn_blocking(move || {
+        let plugs: Vec<VdePlug> = (1..=4).map(|i| plug(&dir, &format!("p{i}"))).collect();
+        for (i, p) in plugs.iter().enumerate() {
+            p.send(&frame(BCAST, mac(i as u8 + 1), 0)).unwrap();
+        }
+        for p in &plugs {
+            recv_n(p, 3);
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (a, b, c, d) = (&plugs[0], &plugs[1], &plugs[2], &plugs[3]);
+        std::thread::scope(|s| {
+            // a sends to b as fast as it can, b takes everything.
+            s.spawn(|| {
+                let f = frame(mac(2), mac(1), 1);
+                let burst = vec![&f[..]; 32];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    a.send_batch(&burst).unwrap();
+                }
+            });
+            s.spawn(|| {
+                let mut batch = RecvBatch::new(64);
+                b.socket()
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = b.recv_batch(&mut batch);
+                }
+            });
+            // Meanwhile c's frames to d still get through promptly.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut worst = Duration::ZERO;
+            for i in 0..20 {
+                let t = Instant::now();
+                c.send(&numbered(mac(4), mac(3), i)).unwrap();
+                assert_eq!(recv_n(d, 1)[0][14..18], i.to_be_bytes());
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            worst
+        })
+    })
+    .await
+    .unwrap();
+    // Without a per-port budget, c waited for a's queue to run dry: seconds.
+    assert!(worst < Duration::from_millis(500), "c waited {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_queue_is_bounded_and_counts_what_it_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = opts(&tmp);
+    // Room for 10 of the 60-byte frames.
+    opts.max_delayed_bytes = 600;
+    let switch = std::sync::Arc::new(Switch::start(opts).await.unwrap());
+    let dir = switch.dir().to_owned();
+    let sw = switch.clone();
+    tokio::task::spawn_blocking(move || {
+        let (a, b) = (plug(&dir, "a"), plug(&dir, "b"));
+        let pb = sw.ports()[1].id;
+        let delay = Duration::from_millis(300);
+        sw.set_port_delay(pb, delay, Duration::ZERO).unwrap();
+        let frames: Vec<Vec<u8>> = (0..30).map(|i| numbered(BCAST, mac(1), i)).collect();
+        let t = Instant::now();
+        a.send_batch(&frames.iter().map(Vec::as_slice).collect::<Vec<_>>())
+            .unwrap();
+        // The first ten fit; the other twenty are refused, not queued.
+        assert_eq!(recv_n(&b, 10), frames[..10].to_vec());
+        assert!(t.elapsed() >= delay);
+        b.socket()
+            .set_read_timeout(Some(Duration::from_millis(600)))
+            .unwrap();
+        let mut buf = [0u8; 100];
+        assert!(b.recv(&mut buf).is_err(), "a refused frame came through");
+        let c = sw.ports()[1].counters;
+        assert_eq!((c.tx_frames, c.delay_drops, c.drops), (10, 20, 20));
+        // Once the queue has drained there is room again.
+        a.send(&frames[0]).unwrap();
+        b.socket()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(recv(&b), frames[0]);
+    })
+    .await
+    .unwrap();
+}
+
 fn request_bytes(sock_path: &[u8]) -> Vec<u8> {
     let mut buf = BytesMut::new();
     Request {
@@ -303,7 +481,7 @@ async fn bounded_ports_refuse_the_extra_client() {
     let _plugs = tokio::task::spawn_blocking(move || {
         let a = plug(&dir, "a");
         let b = plug(&dir, "b");
-        assert!(vmrig_vde_net::VdePlug::connect(&dir, "c").is_err());
+        assert!(VdePlug::connect(&dir, "c").is_err());
         (a, b)
     })
     .await
