@@ -144,7 +144,7 @@ fn two_dirs_in_parallel_then_cached_until_something_changes() {
     );
     eprintln!("cached re-run of two tests: {elapsed:?}");
     // Well under a second when idle; the bound leaves room for a busy 2-core CI machine.
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     assert_eq!(log("sleeps").matches("START").count(), 1, "not run again");
 
     // A changed script runs again; the other test stays cached.
