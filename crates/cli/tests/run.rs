@@ -193,7 +193,7 @@ fn two_dirs_in_parallel_then_cached_until_something_changes() {
     let clear = vmrig_out(base, ["cache", "clear"]);
     has(&text(&clear).0, "removed 1 cached result(s) from");
     assert_nothing_cached(base);
-    common::assert_none_left(base);
+    common::assert_no_qemu_left(base);
 }
 
 #[test]
@@ -338,7 +338,7 @@ fn sigterm_stops_every_test_and_leaves_nothing_behind() {
     assert!(booted && waiting, "{seen}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        common::processes_naming(base).len() >= 3,
+        common::qemu_of(base).len() >= 3,
         "the run, its children and a QEMU name {base:?}"
     );
     #[allow(unsafe_code)]
@@ -362,7 +362,7 @@ fn sigterm_stops_every_test_and_leaves_nothing_behind() {
     let rest = reader.join().unwrap().join("\n");
     assert_eq!(status.code(), Some(143), "{rest}");
     has(&rest, "vmrig: boots: interrupted");
-    common::assert_none_left(base);
+    common::assert_no_qemu_left(base);
 }
 
 #[test]

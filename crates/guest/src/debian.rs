@@ -878,17 +878,11 @@ fn init_script(node: &Node) -> String {
     let mut s = format!(
         r#"#!/bin/sh
 # vmrig debian-flavour initrd for node `{name}` (generated).
-export PATH=/bin
 fail() {{ echo "vmrig: $*" >&2; sleep 1; poweroff -f; }}
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-while read -r m; do
-    insmod "$m" || echo "vmrig: cannot load kernel module $m" >&2
-done < /etc/vmrig/modules
-hostname {name}
+{early}hostname {name}
 "#,
-        name = node.name
+        name = node.name,
+        early = crate::image::EARLY_INIT,
     );
     s.push_str(&crate::image::network_commands(node));
     s.push_str(
@@ -910,11 +904,7 @@ exec switch_root /newroot /lib/systemd/systemd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpio::read;
-
-    fn def(text: &str) -> Definition {
-        Definition::parse(text, Path::new("/t/vmrig.toml")).unwrap()
-    }
+    use crate::image::test_support::{assert_valid_shell, def, records, text};
 
     #[test]
     fn user_only_packages_are_split_from_system_ones() {
@@ -962,17 +952,8 @@ mod tests {
             [nodes.client]
             flavour = "debian"
         "#);
-        let a = node_archive(&d, &d.nodes["server"]);
-        let mut bytes = Vec::new();
-        a.write_to(&mut bytes).unwrap();
-        let recs = read::records(&bytes).unwrap();
-        let text = |p: &str| {
-            let r = recs
-                .iter()
-                .find(|r| r.path == p)
-                .unwrap_or_else(|| panic!("{p} missing"));
-            String::from_utf8(r.data.clone()).unwrap()
-        };
+        let recs = records(&node_archive(&d, &d.nodes["server"]));
+        let text = |p: &str| text(&recs, p);
         let unit = text("etc/vmrig/root/etc/systemd/system/web.service");
         assert!(unit.contains("After=postgresql.service"), "{unit}");
         assert!(unit.contains("User=alice") && unit.contains("WantedBy=multi-user.target"));
@@ -996,17 +977,8 @@ mod tests {
             setup.contains("ln -sfn firefox-esr /etc/profiles/per-user/alice/bin/firefox"),
             "{setup}"
         );
-        for script in [setup, text("etc/vmrig/debian-init")] {
-            let out = Command::new("bash")
-                .args(["-n", "-c", &script])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        assert_valid_shell(&setup);
+        assert_valid_shell(&text("etc/vmrig/debian-init"));
         assert!(text("etc/vmrig/debian-init").contains("ip addr add 192.168.1.2/24"));
     }
 }

@@ -303,24 +303,29 @@ pub fn node_archive(
     Ok(a)
 }
 
-/// The node's boot script (busybox init's `sysinit`).
-pub fn node_rc(node: &Node) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"#!/bin/sh
-# vmrig guest init for node `{name}` (generated): what NixOS's test instrumentation sets up.
-export PATH=/bin
+/// The start of every initrd init (both flavours): the kernel's file systems
+/// and the modules listed in `/etc/vmrig/modules`, in order.
+pub(crate) const EARLY_INIT: &str = r#"export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=755 tmpfs /run
 while read -r m; do
     insmod "$m" || echo "vmrig: cannot load kernel module $m" >&2
 done < /etc/vmrig/modules
+"#;
+
+/// The node's boot script (busybox init's `sysinit`).
+pub fn node_rc(node: &Node) -> String {
+    let mut s = format!(
+        "#!/bin/sh\n# vmrig guest init for node `{name}` (generated): what NixOS's test instrumentation sets up.\n{EARLY_INIT}",
+        name = node.name
+    );
+    let _ = write!(
+        s,
+        r#"mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=755 tmpfs /run
 hostname {name}
 "#,
         name = node.name
@@ -415,28 +420,51 @@ pub fn module_names(modules: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
+/// Helpers for the tests of guest archives and scripts (both flavours).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cpio::read;
+pub(crate) mod test_support {
+    use crate::cpio::{read, Archive};
+    use crate::definition::Definition;
 
-    fn def(text: &str) -> Definition {
-        Definition::parse(text, Path::new("/t/vmrig.toml")).unwrap()
+    /// A definition parsed from `text`, as if read from `/t/vmrig.toml`.
+    pub fn def(text: &str) -> Definition {
+        Definition::parse(text, std::path::Path::new("/t/vmrig.toml")).unwrap()
     }
 
-    fn records(a: &Archive) -> Vec<read::Record> {
+    /// The archive's records, as the kernel would unpack them.
+    pub fn records(a: &Archive) -> Vec<read::Record> {
         let mut v = Vec::new();
         a.write_to(&mut v).unwrap();
         read::records(&v).unwrap()
     }
 
-    fn text(recs: &[read::Record], path: &str) -> String {
+    /// The text of the record at `path` (no leading `/`).
+    pub fn text(recs: &[read::Record], path: &str) -> String {
         let r = recs
             .iter()
             .find(|r| r.path == path)
             .unwrap_or_else(|| panic!("{path} missing"));
         String::from_utf8(r.data.clone()).unwrap()
     }
+
+    /// Panics unless bash parses `script`.
+    pub fn assert_valid_shell(script: &str) {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{assert_valid_shell, def, records, text};
+    use super::*;
 
     #[test]
     fn guest_paths_fold_usr() {
@@ -511,30 +539,13 @@ mod tests {
     #[test]
     fn rc_is_valid_shell() {
         let d = def("[nodes.a]\n[nodes.a.services.s]\ncommand = \"echo \\\"$HOME\\\" 'q' `x`\"\n");
-        let rc = node_rc(&d.nodes["a"]);
-        let out = std::process::Command::new("bash")
-            .args(["-n", "-c", &rc])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_valid_shell(&node_rc(&d.nodes["a"]));
     }
 
     #[test]
     fn guest_scripts_are_valid_shell() {
         for script in [BACKDOOR, USER_SHELL, PROFILE] {
-            let out = std::process::Command::new("bash")
-                .args(["-n", "-c", script])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{script}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_valid_shell(script);
         }
         assert!(BACKDOOR.contains("echo \"Spawning backdoor root shell...\""));
         assert!(BACKDOOR.contains("stty -F /dev/hvc0 raw -echo"));

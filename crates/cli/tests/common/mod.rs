@@ -101,7 +101,8 @@ pub fn hello(dir: &Path) -> PathBuf {
     build("hello", dir).join("run-machine-vm")
 }
 
-/// Live processes whose command line names `dir`.
+/// Live (not zombie) processes whose command line names `dir` (QEMU, vmrig
+/// children, start scripts).
 pub fn qemu_of(dir: &Path) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -131,41 +132,6 @@ pub fn assert_no_qemu_left(dir: &Path) {
             Instant::now() < deadline,
             "QEMU processes left: {:?}",
             qemu_of(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Live (not zombie) processes whose command line names `dir`.
-pub fn processes_naming(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z');
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Waits (boundedly) until no process names `dir`.
-pub fn assert_none_left(dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !processes_naming(dir).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "processes left: {:?}",
-            processes_naming(dir)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
