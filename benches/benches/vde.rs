@@ -11,7 +11,8 @@
 //!   the first send to the last receive; loss = sent - received. The switch's own CPU
 //!   time over this phase (its thread's or process's `schedstat`) divided by the frames
 //!   sent into it gives its cost per frame, a figure other load on the host hardly
-//!   moves;
+//!   moves; the time it waited for a CPU in the same file, as a share of the phase,
+//!   shows how much of the host the load took from it;
 //! - **paced**: the same at a fixed aggregate rate (below both switches' saturation);
 //!   loss must be 0;
 //! - **latency**: ping-pong between ports 0 and 1 (the others connected and idle);
@@ -136,6 +137,8 @@ impl Client {
 
 struct Load {
     fps: f64,
+    /// Seconds from the first send to the last receive.
+    secs: f64,
     sent: u64,
     lost: u64,
 }
@@ -222,6 +225,7 @@ fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) ->
     };
     Load {
         fps: got as f64 / secs,
+        secs,
         sent,
         lost: sent.saturating_sub(got),
     }
@@ -262,14 +266,12 @@ fn latency(plugs: &[VdePlug]) -> (f64, f64) {
     (pick(0.50), pick(0.99))
 }
 
-/// CPU time a thread or process has used, in ns, from its `schedstat` file.
-fn cpu_ns(schedstat: &Path) -> Option<u64> {
-    std::fs::read_to_string(schedstat)
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// Time a thread or process has spent on a CPU and waiting for one (runnable but
+/// not running), in ns, from its `schedstat` file.
+fn sched_ns(schedstat: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(schedstat).ok()?;
+    let mut it = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -281,13 +283,16 @@ struct Row {
     p99: f64,
     /// The switch's CPU time per frame sent into it at saturation, in ns.
     cpu_ns: f64,
+    /// The time the switch spent waiting for a CPU at saturation, as a share of the
+    /// saturation phase (0-1): CPU the load took from it.
+    wait: f64,
 }
 
 impl Row {
     fn to_line(self) -> String {
         format!(
-            "{} {} {} {} {} {}",
-            self.fps, self.sat_lost, self.paced_lost, self.p50, self.p99, self.cpu_ns
+            "{} {} {} {} {} {} {}",
+            self.fps, self.sat_lost, self.paced_lost, self.p50, self.p99, self.cpu_ns, self.wait
         )
     }
 
@@ -300,6 +305,7 @@ impl Row {
             p50: it.next()?.parse().ok()?,
             p99: it.next()?.parse().ok()?,
             cpu_ns: it.next()?.parse().ok()?,
+            wait: it.next()?.parse().ok()?,
         })
     }
 }
@@ -316,9 +322,9 @@ struct LoadArgs {
 
 fn measure(args: &LoadArgs) -> Row {
     let plugs = connect_all(&args.dir, args.ports);
-    let cpu_before = cpu_ns(&args.schedstat);
+    let before = sched_ns(&args.schedstat);
     let sat = run_load(&plugs, args.client, args.frames, None);
-    let cpu_after = cpu_ns(&args.schedstat);
+    let after = sched_ns(&args.schedstat);
     drain(&plugs);
     let paced = run_load(
         &plugs,
@@ -328,9 +334,12 @@ fn measure(args: &LoadArgs) -> Row {
     );
     drain(&plugs);
     let (p50, p99) = latency(&plugs);
-    let cpu_ns = match (cpu_before, cpu_after) {
-        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / sat.sent as f64,
-        _ => f64::NAN,
+    let (cpu_ns, wait) = match (before, after) {
+        (Some(b), Some(a)) => (
+            a.0.saturating_sub(b.0) as f64 / sat.sent as f64,
+            a.1.saturating_sub(b.1) as f64 / 1e9 / sat.secs,
+        ),
+        _ => (f64::NAN, f64::NAN),
     };
     Row {
         fps: sat.fps,
@@ -339,6 +348,7 @@ fn measure(args: &LoadArgs) -> Row {
         p50,
         p99,
         cpu_ns,
+        wait,
     }
 }
 
@@ -488,14 +498,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_header() {
     println!(
-        "{:>5} | {:>24} | {:>24} | {:>6} | {:>17} | {:>17} | {:>17}",
+        "{:>5} | {:>24} | {:>24} | {:>6} | {:>17} | {:>17} | {:>17} | {:>11}",
         "ports",
         "vmrig frames/s (lost)",
         "vde_switch f/s (lost)",
         "ratio",
         "vmrig p50/p99 us",
         "vde_sw p50/p99 us",
-        "CPU ns/frame v/vde"
+        "CPU ns/frame v/vde",
+        "wait v/vde"
     );
 }
 
@@ -505,20 +516,22 @@ fn print_row(label: &str, ours: Option<&Row>, theirs: Option<&Row>) {
             format!("{:>10.0} ({:>5}/{:>5})", r.fps, r.sat_lost, r.paced_lost),
             format!("{:>7.1} / {:>7.1}", r.p50, r.p99),
             format!("{:>7.0}", r.cpu_ns),
+            format!("{:>4.0}%", r.wait * 100.0),
         ),
         None => (
             format!("{:>24}", "-"),
             format!("{:>17}", "-"),
             format!("{:>7}", "-"),
+            format!("{:>5}", "-"),
         ),
     };
-    let (o, ol, oc) = fmt(ours);
-    let (t, tl, tc) = fmt(theirs);
+    let (o, ol, oc, ow) = fmt(ours);
+    let (t, tl, tc, tw) = fmt(theirs);
     let ratio = match (ours, theirs) {
         (Some(o), Some(t)) => format!("{:>5.2}x", o.fps / t.fps),
         _ => format!("{:>6}", "-"),
     };
-    println!("{label:>5} | {o} | {t} | {ratio} | {ol} | {tl} | {oc} / {tc}");
+    println!("{label:>5} | {o} | {t} | {ratio} | {ol} | {tl} | {oc} / {tc} | {ow} / {tw}");
     let _ = std::io::stdout().flush();
 }
 
@@ -614,6 +627,7 @@ fn main() {
                     p50: med(|r| r.p50),
                     p99: med(|r| r.p99),
                     cpu_ns: med(|r| r.cpu_ns),
+                    wait: med(|r| r.wait),
                 })
             };
             print_row(
@@ -625,6 +639,8 @@ fn main() {
     }
     println!(
         "(lost) = frames lost at saturation / frames lost when paced; \
-         CPU ns/frame = the switch's CPU time at saturation per frame sent into it"
+         CPU ns/frame = the switch's CPU time at saturation per frame sent into it; \
+         wait = the share of the saturation phase the switch was ready to run but \
+         waited for a CPU (the load process had it)"
     );
 }
