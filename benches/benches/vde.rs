@@ -26,8 +26,13 @@
 //! Each round measures both switches, alternating which goes first; the summary gives
 //! each switch's median over the rounds (other work on the host slows both alike).
 //!
+//! By default the switch and the load share the host's CPUs as the scheduler sees fit,
+//! as a switch shares them with QEMU in a test; `--pin` gives the switch (vde_switch's
+//! process, vmrig's frame thread) CPU 0 and the load process CPU 1, which measures
+//! what each switch does with one CPU of its own.
+//!
 //! Run with `cargo bench -p vmrig-benches --bench vde [-- --rounds R --ports 2,8
-//! --only vmrig|vde_switch --client batch|single --busy-poll-us N]`. This is a bench binary
+//! --only vmrig|vde_switch --client batch|single --busy-poll-us N --pin]`. This is a bench binary
 //! (`harness = false`) printing a table, not a criterion group: the comparison with an
 //! external process is the point.
 
@@ -318,6 +323,8 @@ struct LoadArgs {
     frames: u64,
     client: Client,
     schedstat: PathBuf,
+    /// Run the load process on this CPU only (`--pin`).
+    cpu: Option<usize>,
 }
 
 fn measure(args: &LoadArgs) -> Row {
@@ -355,7 +362,8 @@ fn measure(args: &LoadArgs) -> Row {
 /// Runs the load against the switch in `dir` in a child process (this binary with
 /// `--load`) and returns its figures.
 fn measure_in_child(args: &LoadArgs) -> Row {
-    let out = Command::new(std::env::current_exe().expect("bench binary path"))
+    let exe = std::env::current_exe().expect("bench binary path");
+    let out = pinned(&exe, args.cpu)
         .arg("--load")
         .arg(&args.dir)
         .arg(args.ports.to_string())
@@ -378,6 +386,8 @@ fn load_main(args: &[String]) {
         frames: args[4].parse().expect("frame count"),
         client: Client::parse(&args[5]).expect("client kind"),
         schedstat: PathBuf::from(&args[6]),
+        // Already pinned by whoever started this process.
+        cpu: None,
     };
     println!("{}", measure(&args).to_line());
 }
@@ -388,8 +398,8 @@ struct VdeSwitchProcess {
 }
 
 impl VdeSwitchProcess {
-    fn start(dir: PathBuf) -> Self {
-        let child = Command::new("vde_switch")
+    fn start(dir: PathBuf, cpu: Option<usize>) -> Self {
+        let child = pinned(Path::new("vde_switch"), cpu)
             .arg("--sock")
             .arg(&dir)
             .args(["--dirmode", "0700", "--numports", "64"])
@@ -444,7 +454,25 @@ struct Setup<'a> {
     client: Client,
     /// vmrig's busy-poll setting, when not the default.
     busy_poll: Option<Duration>,
+    /// Give the switch one CPU and the load process another.
+    pin: bool,
 }
+
+/// A command for `program` that runs on `cpu` only, when given (util-linux's taskset).
+fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpu.to_string()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// With `--pin`: the switch's CPU and the load's.
+const SWITCH_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
 
 fn measure_switch(setup: &Setup<'_>, which: Which, n: usize, round: usize) -> Row {
     let load = |dir: &Path, schedstat: PathBuf| {
@@ -454,6 +482,7 @@ fn measure_switch(setup: &Setup<'_>, which: Which, n: usize, round: usize) -> Ro
             frames: setup.frames,
             client: setup.client,
             schedstat,
+            cpu: setup.pin.then_some(LOAD_CPU),
         })
     };
     match which {
@@ -474,13 +503,29 @@ fn measure_switch(setup: &Setup<'_>, which: Which, n: usize, round: usize) -> Ro
                     None => break PathBuf::new(),
                 }
             };
+            if setup.pin {
+                // The frame thread's id is the name of its /proc/PID/task entry.
+                let tid = schedstat.parent().and_then(Path::file_name);
+                let ok = tid.is_some_and(|tid| {
+                    Command::new("taskset")
+                        .args(["-p", "-c", &SWITCH_CPU.to_string()])
+                        .arg(tid)
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+                assert!(ok, "cannot pin vmrig's frame thread to CPU {SWITCH_CPU}");
+            }
             let row = load(switch.dir(), schedstat);
             let _guard = setup.runtime.enter();
             drop(switch);
             row
         }
         Which::VdeSwitch => {
-            let vde = VdeSwitchProcess::start(setup.tmp.join(format!("vde{n}-{round}")));
+            let vde = VdeSwitchProcess::start(
+                setup.tmp.join(format!("vde{n}-{round}")),
+                setup.pin.then_some(SWITCH_CPU),
+            );
             let schedstat = PathBuf::from(format!("/proc/{}/schedstat", vde.child.id()));
             load(&vde.dir, schedstat)
         }
@@ -583,13 +628,23 @@ fn main() {
         client,
         busy_poll: flag_value(&args, "--busy-poll-us")
             .map(|us| Duration::from_micros(us.parse().expect("--busy-poll-us N"))),
+        pin: args.iter().any(|a| a == "--pin"),
     };
+    if setup.pin {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(cpus > LOAD_CPU, "--pin needs 2 CPUs, this host has {cpus}");
+    }
     println!(
         "vde switch benchmark: {} x 60-byte unicast frames at saturation, \
          {PACED_FPS} frames/s paced for {PACED_SECS} s, {PINGS} ping-pongs, \
-         {} clients, {rounds} round(s)",
+         {} clients, {rounds} round(s){}",
         setup.frames,
-        client.name()
+        client.name(),
+        if setup.pin {
+            format!(", switch on CPU {SWITCH_CPU} and load on CPU {LOAD_CPU}")
+        } else {
+            String::new()
+        }
     );
     print_header();
     let mut results: Vec<(usize, Which, Row)> = Vec::new();
