@@ -200,6 +200,9 @@ pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
     opts.vlans = plan.vlans;
     opts.keep_state = args.keep_machine_state;
     opts.global_timeout = Duration::from_secs(plan.global_timeout);
+    // A script blocked in a machine call fails as soon as the machines are killed;
+    // one that never calls the driver again ends here, as under NixOS.
+    opts.exit_after_timeout = Some(vmrig_driver::EXIT_AFTER_TIMEOUT);
     opts.out_dir = args
         .output_directory
         .clone()

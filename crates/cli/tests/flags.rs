@@ -432,3 +432,58 @@ fn the_embedded_python_finds_its_own_stdlib_whatever_python3_is_on_path() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("stdlib ok 4.0"));
     }
 }
+
+#[test]
+fn global_timeout_ends_a_script_that_never_calls_the_driver_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = hello(dir.path());
+    let test = dir.path().join("test.py");
+    // Pure Python: no machine call fails when the machines are stopped.
+    std::fs::write(&test, "import time\nprint('sleeping')\ntime.sleep(600)\n").unwrap();
+    let child = vmrig_in(dir.path())
+        .args(["--vlans", "1", "--global-timeout", "2", "--start-scripts"])
+        .arg(&start)
+        .arg("-o")
+        .arg(dir.path())
+        .arg(&test)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Stopped(child);
+    // Generous: the run ends 2 s + 5 s of grace after it starts.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 120 s after a 2 s global timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("global timeout of 2 s reached"), "{err}");
+    assert!(
+        err.contains("the test script was still running 5 s after the global timeout: exiting"),
+        "{err}"
+    );
+    // The run directory went with it.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vmrig-"))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+}

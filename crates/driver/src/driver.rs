@@ -12,6 +12,11 @@ use crate::machine::{Machine, MachineConfig};
 use crate::polling::{Conditions, PollingCondition};
 use crate::report::{junit_xml, SubtestResult};
 
+/// How long a test script may go on after the global timeout stopped its machines
+/// before the process exits, for the owners that set
+/// [`DriverOptions::exit_after_timeout`] (the `vmrig` binary and the Python module).
+pub const EXIT_AFTER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a run consists of (NixOS driver flags).
 #[derive(Debug, Clone)]
 pub struct DriverOptions {
@@ -32,6 +37,12 @@ pub struct DriverOptions {
     /// On SIGINT or SIGTERM: kill every machine, remove the run directory and
     /// exit (130 or 143). On by default; turn off to handle signals yourself.
     pub handle_signals: bool,
+    /// When the global timeout has stopped every machine and the run still goes on
+    /// this long after (a test script looping or sleeping in Python never calls the
+    /// driver again), remove the run directory (unless kept) and exit the process
+    /// with status 1, as NixOS's driver does. `None` (the default) leaves the process
+    /// alone: the driver's calls fail, and its owner decides.
+    pub exit_after_timeout: Option<Duration>,
 }
 
 impl DriverOptions {
@@ -46,6 +57,7 @@ impl DriverOptions {
             tmp_dir: None,
             boot_timeout: crate::machine::BOOT_TIMEOUT,
             handle_signals: true,
+            exit_after_timeout: None,
         }
     }
 }
@@ -107,8 +119,20 @@ struct Watchdog {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What the watchdog does once the global timeout has stopped the machines, if the
+/// run is still going `grace` later.
+struct ExitAfter {
+    grace: Duration,
+    /// Removed before exiting, unless `None` (kept).
+    run_dir: Option<PathBuf>,
+}
+
 impl Watchdog {
-    fn start(machines: Arc<RwLock<Vec<Machine>>>, timeout: Duration) -> Watchdog {
+    fn start(
+        machines: Arc<RwLock<Vec<Machine>>>,
+        timeout: Duration,
+        exit_after: Option<ExitAfter>,
+    ) -> Watchdog {
         let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop2, fired2) = (stop.clone(), fired.clone());
@@ -128,6 +152,20 @@ impl Watchdog {
                     );
                     for m in machines.read().expect("machines lock").iter() {
                         m.kill();
+                    }
+                    let Some(exit) = exit_after else { return };
+                    let (guard, result) = cvar
+                        .wait_timeout_while(guard, exit.grace, |stopped| !*stopped)
+                        .expect("watchdog lock");
+                    if result.timed_out() && !*guard {
+                        tracing::error!(
+                            "the test script was still running {} s after the global timeout: exiting",
+                            exit.grace.as_secs()
+                        );
+                        if let Some(dir) = exit.run_dir {
+                            let _ = std::fs::remove_dir_all(dir);
+                        }
+                        std::process::exit(1);
                     }
                 }
             })
@@ -244,9 +282,14 @@ impl Driver {
         for script in &opts.start_scripts {
             driver.create_machine(script)?;
         }
+        let exit_after = opts.exit_after_timeout.map(|grace| ExitAfter {
+            grace,
+            run_dir: (!opts.keep_state).then(|| driver.run_dir().to_owned()),
+        });
         driver.watchdog = Some(Watchdog::start(
             driver.machines.clone(),
             opts.global_timeout,
+            exit_after,
         ));
         if opts.handle_signals {
             driver.handle_signals();

@@ -51,7 +51,7 @@ mod systemd;
 pub mod xml_log;
 
 pub use console::{Console, TAIL_LINES};
-pub use driver::{machine_name, ConditionGuard, Driver, DriverOptions, VLan};
+pub use driver::{machine_name, ConditionGuard, Driver, DriverOptions, VLan, EXIT_AFTER_TIMEOUT};
 pub use error::{Error, Result};
 pub use keys::key_for;
 pub use machine::{vmrig_quote, Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};

@@ -457,6 +457,9 @@ impl PyDriver {
         }
         opts.tmp_dir = get(options, "tmp_dir")?;
         opts.handle_signals = false;
+        // A script blocked in a machine call fails as soon as the machines are killed;
+        // one that never calls the driver again ends here, as under NixOS.
+        opts.exit_after_timeout = Some(vmrig_driver::EXIT_AFTER_TIMEOUT);
         let driver = py
             .allow_threads(move || Driver::new(opts))
             .map_err(|e| to_py(py, e))?;
