@@ -9,6 +9,7 @@ from pathlib import Path
 
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.machine import Machine as MachineClass
+from test_driver.polling_condition import PollingConditionError
 
 with subtest("the globals a test script sees"):
     assert machines == [machine] and machines_qemu == [machine]
@@ -122,6 +123,8 @@ with subtest("polling conditions"):
             machine.succeed("true")
         except Exception as e:
             assert "a condition that never holds" in str(e), str(e)
+            assert isinstance(e, PollingConditionError), repr(e)
+            assert not isinstance(e, AssertionError), repr(e)
         else:
             raise Exception("a failing polling condition did not stop the action")
     machine.succeed("true")

@@ -85,8 +85,8 @@ class _Logger:
 log = _Logger()
 
 
-class PollingConditionError(RequestedAssertionFailed):
-    pass
+class PollingConditionError(Exception):
+    """A polling condition failed before a machine action (as NixOS: not an assertion)."""
 
 
 class _PollingCondition:
@@ -126,6 +126,13 @@ class _PollingCondition:
     def __exit__(self, *exc):
         _conditions.remove(self)
 
+
+PollingConditionError.__module__ = "test_driver.polling_condition"
+_module(
+    "test_driver.polling_condition",
+    PollingCondition=_PollingCondition,
+    PollingConditionError=PollingConditionError,
+)
 
 _conditions = []
 
