@@ -21,7 +21,9 @@
 //! The clients should not be what is measured: by default (`--client batch`) senders
 //! hand the kernel `SEND_BURST` frames per `sendmmsg` and receivers take every queued
 //! frame per `recvmmsg`, so on a small host they leave the CPU to the switch under test.
-//! `--client single` makes one system call per frame, as QEMU does.
+//! `--client single` makes one system call per frame, as QEMU does; `--client loop`
+//! drives each pair at saturation from one thread with non-blocking batches (half the
+//! load's threads, no wake-ups between a pair's sender and receiver).
 //!
 //! Each round measures both switches, alternating which goes first; the summary gives
 //! each switch's median over the rounds (other work on the host slows both alike).
@@ -32,7 +34,7 @@
 //! what each switch does with one CPU of its own.
 //!
 //! Run with `cargo bench -p vmrig-benches --bench vde [-- --rounds R --ports 2,8
-//! --only vmrig|vde_switch --client batch|single --busy-poll-us N --pin]`. This is a bench binary
+//! --only vmrig|vde_switch --client batch|single|loop --busy-poll-us N --pin]`. This is a bench binary
 //! (`harness = false`) printing a table, not a criterion group: the comparison with an
 //! external process is the point.
 
@@ -101,6 +103,10 @@ enum Client {
     Batch,
     /// `send`/`recv`: one frame per system call, like QEMU.
     Single,
+    /// At saturation, one thread per pair instead of a sender and a receiver: it
+    /// sends and receives batches without waiting and blocks only when it can do
+    /// neither (paced, like `Batch`).
+    Loop,
 }
 
 impl Client {
@@ -108,6 +114,7 @@ impl Client {
         match self {
             Client::Batch => "batch",
             Client::Single => "single",
+            Client::Loop => "loop",
         }
     }
 
@@ -115,6 +122,7 @@ impl Client {
         match s {
             "batch" => Some(Client::Batch),
             "single" => Some(Client::Single),
+            "loop" => Some(Client::Loop),
             _ => None,
         }
     }
@@ -122,7 +130,7 @@ impl Client {
     /// Sends `k` copies of `f` (`k` <= the length of `burst`, which holds copies of `f`).
     fn send(self, tx: &VdePlug, f: &[u8], burst: &[&[u8]], k: usize) {
         match self {
-            Client::Batch => tx.send_batch(&burst[..k]).unwrap(),
+            Client::Batch | Client::Loop => tx.send_batch(&burst[..k]).unwrap(),
             Client::Single => {
                 for _ in 0..k {
                     tx.send(f).unwrap();
@@ -134,7 +142,7 @@ impl Client {
     /// Receives what is queued (at least one frame, or the read timeout's error).
     fn recv(self, rx: &VdePlug, batch: &mut RecvBatch, buf: &mut [u8]) -> std::io::Result<u64> {
         match self {
-            Client::Batch => rx.recv_batch(batch).map(|n| n as u64),
+            Client::Batch | Client::Loop => rx.recv_batch(batch).map(|n| n as u64),
             Client::Single => rx.recv(buf).map(|_| 1),
         }
     }
@@ -148,8 +156,110 @@ struct Load {
     lost: u64,
 }
 
+/// Flat out, one thread per pair (`Client::Loop`): it sends a batch if the socket
+/// takes it, receives what is queued, and when it could do neither waits for a
+/// frame (briefly while it still has frames to send: room may come first).
+fn run_loop(plugs: &[VdePlug], total: u64) -> Load {
+    use std::io::ErrorKind::WouldBlock;
+    let pairs = plugs.len() / 2;
+    let per_pair = total / pairs as u64;
+    let barrier = Barrier::new(pairs + 1);
+    let ends = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..pairs)
+            .map(|pair| {
+                let (tx, rx) = (&plugs[2 * pair], &plugs[2 * pair + 1]);
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let f = frame(mac(2 * pair + 1), mac(2 * pair));
+                    let burst: Vec<&[u8]> = vec![&f[..]; SEND_BURST];
+                    let mut batch = RecvBatch::new(256);
+                    tx.socket().set_nonblocking(true).unwrap();
+                    rx.socket().set_nonblocking(true).unwrap();
+                    barrier.wait();
+                    let start = Instant::now();
+                    let (mut sent, mut got, mut last) = (0u64, 0u64, None);
+                    while got < per_pair {
+                        let mut moved = false;
+                        if sent < per_pair {
+                            let k = (SEND_BURST as u64).min(per_pair - sent) as usize;
+                            match tx.try_send_batch(&burst[..k]) {
+                                Ok(n) => {
+                                    sent += n as u64;
+                                    moved = true;
+                                }
+                                Err(e) if e.kind() == WouldBlock => {}
+                                Err(e) => panic!("sending: {e}"),
+                            }
+                        }
+                        match rx.recv_batch(&mut batch) {
+                            Ok(n) => {
+                                got += n as u64;
+                                last = Some(Instant::now());
+                                moved = true;
+                            }
+                            Err(e) if e.kind() == WouldBlock => {}
+                            Err(e) => panic!("receiving: {e}"),
+                        }
+                        if moved {
+                            continue;
+                        }
+                        // Nothing to do: wait for a frame.
+                        let wait = if sent < per_pair {
+                            Duration::from_millis(1)
+                        } else {
+                            Duration::from_millis(500)
+                        };
+                        rx.socket().set_nonblocking(false).unwrap();
+                        rx.socket().set_read_timeout(Some(wait)).unwrap();
+                        let r = rx.recv_batch(&mut batch);
+                        rx.socket().set_nonblocking(true).unwrap();
+                        match r {
+                            Ok(n) => {
+                                got += n as u64;
+                                last = Some(Instant::now());
+                            }
+                            // 500 ms without a frame after the last send: lost.
+                            Err(_) if sent == per_pair => break,
+                            Err(_) => {}
+                        }
+                    }
+                    for p in [tx, rx] {
+                        p.socket().set_nonblocking(false).unwrap();
+                        p.socket()
+                            .set_read_timeout(Some(Duration::from_millis(500)))
+                            .unwrap();
+                    }
+                    (start, sent, got, last)
+                })
+            })
+            .collect();
+        barrier.wait();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let first = ends.iter().map(|e| e.0).min();
+    let last = ends.iter().filter_map(|e| e.3).max();
+    let sent: u64 = ends.iter().map(|e| e.1).sum();
+    let got: u64 = ends.iter().map(|e| e.2).sum();
+    let secs = match (first, last) {
+        (Some(f), Some(l)) => (l - f).as_secs_f64(),
+        _ => f64::INFINITY,
+    };
+    Load {
+        fps: got as f64 / secs,
+        secs,
+        sent,
+        lost: sent.saturating_sub(got),
+    }
+}
+
 /// Even ports send to odd partners; `rate` = aggregate frames/s, or None for flat out.
 fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) -> Load {
+    if client == Client::Loop && rate.is_none() {
+        return run_loop(plugs, total);
+    }
     let pairs = plugs.len() / 2;
     let per_sender = total / pairs as u64;
     let barrier = Barrier::new(plugs.len() + 1);
@@ -613,7 +723,7 @@ fn main() {
         None => vec![Which::Vmrig, Which::VdeSwitch],
     };
     let client = flag_value(&args, "--client")
-        .map(|c| Client::parse(&c).expect("--client batch|single"))
+        .map(|c| Client::parse(&c).expect("--client batch|single|loop"))
         .unwrap_or(Client::Batch);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -113,6 +113,25 @@ impl VdePlug {
         }
     }
 
+    /// Sends what the socket takes of `frames` now, in order, with one system call
+    /// (`sendmmsg`, never waiting for room): returns how many went, for clients with
+    /// an event loop. Nothing sent because the queue is full is `WouldBlock`; a frame
+    /// refused for its size is skipped and not counted.
+    pub fn try_send_batch(&self, frames: &[&[u8]]) -> std::io::Result<usize> {
+        let mut failed = Vec::new();
+        let error = SendBatch::default().send(
+            self.data.as_fd(),
+            frames.iter().copied(),
+            false,
+            &mut failed,
+        );
+        let sent = frames.len() - failed.len();
+        match error {
+            Some(e) if sent == 0 => Err(e),
+            _ => Ok(sent),
+        }
+    }
+
     /// Replaces the batch's frames with those queued for this port (`recvmmsg`): waits
     /// for the first like [`recv`](Self::recv) (the read timeout applies) and takes the
     /// others already queued, up to the batch's capacity. Returns how many arrived.

@@ -305,6 +305,50 @@ async fn batches_keep_each_senders_order_unicast_and_flooded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_send_batch_reports_exactly_what_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Switch::start(opts(&dir)).await.unwrap();
+    let sock = switch.dir().to_owned();
+    tokio::task::spawn_blocking(move || {
+        let (a, b) = (plug(&sock, "a"), plug(&sock, "b"));
+        a.send(&frame(BCAST, mac(1), 0)).unwrap();
+        b.send(&frame(BCAST, mac(2), 0)).unwrap();
+        recv_n(&a, 1);
+        recv_n(&b, 1);
+        a.socket().set_nonblocking(true).unwrap();
+        // Bursts of 64 on a non-blocking socket, each resumed where the last stopped:
+        // a miscount would skip or repeat sequence numbers at b.
+        const TOTAL: u32 = 5_000;
+        let (mut sent, mut full) = (0u32, 0);
+        let receiver = std::thread::spawn(move || recv_n(&b, TOTAL as usize));
+        while sent < TOTAL {
+            let burst: Vec<Vec<u8>> = (sent..(sent + 64).min(TOTAL))
+                .map(|i| numbered(mac(2), mac(1), i))
+                .collect();
+            match a.try_send_batch(&burst.iter().map(Vec::as_slice).collect::<Vec<_>>()) {
+                Ok(n) => {
+                    assert!(n > 0 && n <= burst.len(), "{n} of {}", burst.len());
+                    sent += n as u32;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    full += 1;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("try_send_batch: {e}"),
+            }
+        }
+        let got: Vec<u32> = receiver.join().unwrap().iter().map(|f| seq_of(f)).collect();
+        assert_eq!(
+            got,
+            (0..TOTAL).collect::<Vec<_>>(),
+            "{full} full queues met"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_port_does_not_starve_the_others() {
     let tmp = tempfile::tempdir().unwrap();
     let switch = Switch::start(opts(&tmp)).await.unwrap();
