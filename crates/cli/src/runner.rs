@@ -207,6 +207,8 @@ pub fn run_all(tests: &[Test], settings: &Settings, signals: &Signals) -> Vec<Fi
         states: tests.iter().map(|_| State::Queued).collect(),
         lines: tests.iter().map(|_| None).collect(),
         started: vec![Instant::now(); tests.len()],
+        ready_at: vec![None; tests.len()],
+        waited: vec![Duration::ZERO; tests.len()],
         interrupted_at: None,
         killed: false,
     };
@@ -247,11 +249,24 @@ struct Scheduler<'a> {
     states: Vec<State>,
     lines: Vec<Option<Line>>,
     started: Vec<Instant>,
+    /// When each test's guests were ready, while it waits for a free slot.
+    ready_at: Vec<Option<Instant>>,
+    /// How long each test waited for a free slot: not part of its time.
+    waited: Vec<Duration>,
     interrupted_at: Option<Instant>,
     killed: bool,
 }
 
 impl Scheduler<'_> {
+    /// A test's own time so far: building its guests and running, not waiting for a
+    /// free slot.
+    fn took(&self, i: usize) -> Duration {
+        let waiting = self.ready_at[i].map_or(Duration::ZERO, |t| t.elapsed());
+        self.started[i]
+            .elapsed()
+            .saturating_sub(self.waited[i] + waiting)
+    }
+
     /// The first signal is passed on to running tests and ends the others;
     /// a second (or the end of the grace time) kills what still runs.
     fn interrupt(&mut self, sig: Option<rustix::process::Signal>, kill: bool) {
@@ -285,7 +300,7 @@ impl Scheduler<'_> {
         };
         let f = Finished {
             outcome,
-            wall: self.started[i].elapsed(),
+            wall: self.took(i),
             location,
             report,
         };
@@ -332,6 +347,7 @@ impl Scheduler<'_> {
                     self.progress
                         .status(l, "guests ready, waiting for a free slot");
                 }
+                self.ready_at[i] = Some(Instant::now());
                 self.states[i] = State::Ready(p);
             }
             Event::Prepared(i, Prep::Cached(hit)) => {
@@ -393,6 +409,9 @@ impl Scheduler<'_> {
             let State::Ready(p) = std::mem::replace(&mut self.states[i], State::Queued) else {
                 unreachable!("found above");
             };
+            self.waited[i] = self.ready_at[i]
+                .take()
+                .map_or(Duration::ZERO, |t| t.elapsed());
             match spawn_child(i, &self.tests[i], p, self.settings, &self.tx) {
                 Ok(r) => {
                     if let Some(l) = &self.lines[i] {
@@ -452,7 +471,7 @@ impl Scheduler<'_> {
             None => Outcome::Failed("the test's process was lost".into()),
         };
         if matches!(outcome, Outcome::Passed) {
-            remember(test, &prepared, self.started[i].elapsed(), &self.progress);
+            remember(test, &prepared, self.took(i), &self.progress);
         }
         if let (Outcome::Failed(_), false) = (&outcome, self.progress.echoes()) {
             let mut text = format!("{}: last lines of its log:", test.name);

@@ -197,6 +197,30 @@ fn two_dirs_in_parallel_then_cached_until_something_changes() {
 }
 
 #[test]
+fn a_tests_time_leaves_out_its_wait_for_a_slot() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    // No machine is used: each test only sleeps, and with one slot the second
+    // waits for the first.
+    let script = "import time\ntime.sleep(2)\n";
+    let (a, b) = (test_dir(base, "a", script), test_dir(base, "b", script));
+    let out = vmrig_at(base)
+        .args(["run", "-j", "1", "-o", "out"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let secs = |cell: &str| -> f64 { cell.parse().unwrap() };
+    let (ta, tb) = (secs(row(&stdout, "a")[2]), secs(row(&stdout, "b")[2]));
+    // The same work takes about the same time; counting b's wait for a's slot
+    // would add all of a's run (over 2 s) to b's.
+    assert!(ta >= 2.0 && tb >= 2.0, "{stdout}");
+    assert!((tb - ta).abs() < 1.5, "{stdout}");
+}
+
+#[test]
 fn a_failing_test_is_never_cached() {
     let base = tempfile::tempdir().unwrap();
     let base = base.path();
