@@ -156,6 +156,23 @@ struct Load {
     lost: u64,
 }
 
+impl Load {
+    /// `sent` frames, `got` of them received, between the first send and the last
+    /// receive.
+    fn new(sent: u64, got: u64, first: Option<Instant>, last: Option<Instant>) -> Load {
+        let secs = match (first, last) {
+            (Some(f), Some(l)) => (l - f).as_secs_f64(),
+            _ => f64::INFINITY,
+        };
+        Load {
+            fps: got as f64 / secs,
+            secs,
+            sent,
+            lost: sent.saturating_sub(got),
+        }
+    }
+}
+
 /// Flat out, one thread per pair (`Client::Loop`): it sends a batch if the socket
 /// takes it, receives what is queued, and when it could do neither waits for a
 /// frame (briefly while it still has frames to send: room may come first).
@@ -243,16 +260,7 @@ fn run_loop(plugs: &[VdePlug], total: u64) -> Load {
     let last = ends.iter().filter_map(|e| e.3).max();
     let sent: u64 = ends.iter().map(|e| e.1).sum();
     let got: u64 = ends.iter().map(|e| e.2).sum();
-    let secs = match (first, last) {
-        (Some(f), Some(l)) => (l - f).as_secs_f64(),
-        _ => f64::INFINITY,
-    };
-    Load {
-        fps: got as f64 / secs,
-        secs,
-        sent,
-        lost: sent.saturating_sub(got),
-    }
+    Load::new(sent, got, first, last)
 }
 
 /// Even ports send to odd partners; `rate` = aggregate frames/s, or None for flat out.
@@ -334,16 +342,7 @@ fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) ->
             }
         }
     });
-    let secs = match (first, last) {
-        (Some(f), Some(l)) => (l - f).as_secs_f64(),
-        _ => f64::INFINITY,
-    };
-    Load {
-        fps: got as f64 / secs,
-        secs,
-        sent,
-        lost: sent.saturating_sub(got),
-    }
+    Load::new(sent, got, first, last)
 }
 
 /// One-way latency percentiles (p50, p99) in microseconds, from ping-pong.
