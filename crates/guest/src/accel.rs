@@ -107,7 +107,8 @@ pub fn probe_kvm(
     if let Err(e) = written {
         return tcg(format!("cannot write the probe initrd: {e}"));
     }
-    let child = Command::new(qemu)
+    let mut child = Command::new(qemu);
+    child
         .args([
             "-accel",
             "kvm",
@@ -128,8 +129,25 @@ pub fn probe_kvm(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2) and
+    // getppid(2), which are async-signal-safe and touch no memory of ours.
+    unsafe {
+        // A KVM that hangs its guest must not leave that guest behind if we are
+        // killed while we wait (this thread outlives the child: it kills and reaps it).
+        let parent = std::process::id() as libc::pid_t;
+        child.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the probing process is gone"));
+            }
+            Ok(())
+        });
+    }
+    let child = child.spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return tcg(format!("cannot run {qemu}: {e}")),
