@@ -208,7 +208,6 @@ pub fn run_all(tests: &[Test], settings: &Settings, signals: &Signals) -> Vec<Fi
         lines: tests.iter().map(|_| None).collect(),
         started: vec![Instant::now(); tests.len()],
         ready_at: vec![None; tests.len()],
-        waited: vec![Duration::ZERO; tests.len()],
         interrupted_at: None,
         killed: false,
     };
@@ -249,10 +248,9 @@ struct Scheduler<'a> {
     states: Vec<State>,
     lines: Vec<Option<Line>>,
     started: Vec<Instant>,
-    /// When each test's guests were ready, while it waits for a free slot.
+    /// When each test's guests were ready, while it waits for a free slot (the wait
+    /// is not part of its time: `started` moves on by it when the test starts).
     ready_at: Vec<Option<Instant>>,
-    /// How long each test waited for a free slot: not part of its time.
-    waited: Vec<Duration>,
     interrupted_at: Option<Instant>,
     killed: bool,
 }
@@ -262,9 +260,7 @@ impl Scheduler<'_> {
     /// free slot.
     fn took(&self, i: usize) -> Duration {
         let waiting = self.ready_at[i].map_or(Duration::ZERO, |t| t.elapsed());
-        self.started[i]
-            .elapsed()
-            .saturating_sub(self.waited[i] + waiting)
+        self.started[i].elapsed().saturating_sub(waiting)
     }
 
     /// The first signal is passed on to running tests and ends the others;
@@ -409,9 +405,9 @@ impl Scheduler<'_> {
             let State::Ready(p) = std::mem::replace(&mut self.states[i], State::Queued) else {
                 unreachable!("found above");
             };
-            self.waited[i] = self.ready_at[i]
-                .take()
-                .map_or(Duration::ZERO, |t| t.elapsed());
+            if let Some(ready) = self.ready_at[i].take() {
+                self.started[i] += ready.elapsed();
+            }
             match spawn_child(i, &self.tests[i], p, self.settings, &self.tx) {
                 Ok(r) => {
                     if let Some(l) = &self.lines[i] {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_no_qemu_left, assert_success, hello, qemu_of, repo, vmrig, vmrig_in};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn vmrig_run_passes_and_writes_junit() {
@@ -197,14 +197,7 @@ fn ctrl_c_during_a_call_tears_everything_down() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "vmrig did not exit on SIGINT");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::wait_exit(&mut child, Duration::from_secs(60), "running after SIGINT");
     assert_eq!(status.code(), Some(130));
     assert_no_qemu_left(dir.path());
 }

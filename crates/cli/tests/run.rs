@@ -372,17 +372,7 @@ fn sigterm_stops_every_test_and_leaves_nothing_behind() {
     }
     // Keep reading, so the run never blocks on a full pipe.
     let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "vmrig run did not exit on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::wait_exit(&mut child, Duration::from_secs(60), "running after SIGTERM");
     let rest = reader.join().unwrap().join("\n");
     assert_eq!(status.code(), Some(143), "{rest}");
     has(&rest, "vmrig: boots: interrupted");

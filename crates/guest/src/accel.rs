@@ -130,23 +130,9 @@ pub fn probe_kvm(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2) and
-    // getppid(2), which are async-signal-safe and touch no memory of ours.
-    unsafe {
-        // A KVM that hangs its guest must not leave that guest behind if we are
-        // killed while we wait (this thread outlives the child: it kills and reaps it).
-        let parent = std::process::id() as libc::pid_t;
-        child.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("the probing process is gone"));
-            }
-            Ok(())
-        });
-    }
+    // A KVM that hangs its guest must not leave that guest behind if we are killed
+    // while we wait (this thread outlives the child: it kills and reaps it).
+    crate::process::die_with_parent(&mut child);
     let child = child.spawn();
     let mut child = match child {
         Ok(c) => c,

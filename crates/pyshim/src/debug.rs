@@ -4,7 +4,7 @@
 //! command (`sudo ATTACH PATTERN`) to find the test's sandbox by, and opens a
 //! pdb on TCP port 4444 (the prelude's `_Debug`). Its sleep outlives the driver;
 //! ours dies with the breakpoint, and with the driver however it ends
-//! (`PR_SET_PDEATHSIG`), so no process is left behind.
+//! (`vmrig_guest::process::die_with_parent`), so no process is left behind.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -49,7 +49,6 @@ impl Drop for Marker {
 /// attach command runs that shell inside the sandbox it finds).
 #[pyfunction]
 pub fn debug_marker(pattern: &str) -> PyResult<Marker> {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("sleep");
     cmd.arg(pattern)
         .stdin(Stdio::null())
@@ -58,17 +57,7 @@ pub fn debug_marker(pattern: &str) -> PyResult<Marker> {
     if let Some(bash) = find_bash() {
         cmd.env("bashInteractive", bash);
     }
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2),
-    // which is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    vmrig_guest::process::die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(|e| {
         PyOSError::new_err(format!(
             "debug breakpoint: cannot start `sleep {pattern}`: {e}"

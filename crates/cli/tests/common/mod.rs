@@ -36,6 +36,23 @@ impl Drop for Stopped {
     }
 }
 
+/// Waits for `child` to exit and returns its status; fails the test, saying it
+/// was still `doing`, if it runs longer than `within`.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+    doing: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still {doing} after {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The `vmrig` binary, with the tests' guest cache and no colour.
 pub fn vmrig() -> Command {
     vmrig_as(Path::new(env!("CARGO_BIN_EXE_vmrig")))
