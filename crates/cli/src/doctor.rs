@@ -152,15 +152,7 @@ fn checks(args: &Args) -> Vec<Check> {
             "qemu-system-x86",
         ),
     });
-    checks.push(match host::find_program("qemu-img") {
-        Ok(q) => Check::ok("qemu-img", true, format!("{} (scratch disks)", q.display())),
-        Err(_) => Check::missing(
-            "qemu-img",
-            true,
-            "no qemu-img on $PATH (start scripts create scratch disks with it)".into(),
-            "qemu-utils",
-        ),
-    });
+    checks.push(qemu_img(qemu.as_deref()));
 
     let kernel = Kernel::find(Path::new("/boot"), Path::new("/lib/modules"));
     checks.push(match &kernel {
@@ -257,6 +249,59 @@ fn checks(args: &Args) -> Vec<Check> {
         ),
     });
     checks
+}
+
+/// `qemu-img`, and whether it comes from the same QEMU release as
+/// `qemu-system-x86_64`: apt can leave a backported one beside the archive's
+/// QEMU, and their image formats and options drift apart.
+fn qemu_img(qemu: Option<&Path>) -> Check {
+    let img = match host::find_program("qemu-img") {
+        Ok(p) => p,
+        Err(_) => {
+            return Check::missing(
+                "qemu-img",
+                true,
+                "no qemu-img on $PATH (start scripts create scratch disks with it)".into(),
+                "qemu-utils",
+            )
+        }
+    };
+    let line = match first_line(&img, &["--version"]) {
+        Ok(l) => l,
+        Err(e) => return Check::missing("qemu-img", true, e, "qemu-utils"),
+    };
+    let system = qemu.and_then(|q| first_line(q, &["--version"]).ok());
+    match mismatch(&line, system.as_deref()) {
+        Some((img_v, system_v)) => Check::missing(
+            "qemu-img",
+            true,
+            format!(
+                "{} is QEMU {img_v} but qemu-system-x86_64 is QEMU {system_v}: \
+                 install both from one release (./setup.sh does)",
+                img.display()
+            ),
+            "qemu-utils qemu-system-x86",
+        ),
+        None => Check::ok("qemu-img", true, format!("{line} ({})", img.display())),
+    }
+}
+
+/// The version numbers of `qemu-img --version` and `qemu-system-x86_64
+/// --version` first lines, when both parse and they differ.
+fn mismatch(img: &str, system: Option<&str>) -> Option<(String, String)> {
+    let (i, s) = (qemu_version(img)?, qemu_version(system?)?);
+    (i != s).then_some((i, s))
+}
+
+/// `7.2.22` from "QEMU emulator version 7.2.22 (Debian ...)" or
+/// "qemu-img version 10.0.2 (Debian ...)".
+fn qemu_version(line: &str) -> Option<String> {
+    let rest = &line[line.find("version ")? + "version ".len()..];
+    let v: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!v.is_empty()).then_some(v)
 }
 
 /// `/dev/kvm` and the guest kit's bounded probe boot.
@@ -485,5 +530,26 @@ fn output_within(program: &Path, args: &[&str]) -> Result<String, String> {
         Ok(text)
     } else {
         Err(format!("{what}: {status}: {}", text.trim()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_parts_of_one_release_match() {
+        let system = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
+        assert_eq!(qemu_version(system).as_deref(), Some("7.2.22"));
+        let same = "qemu-img version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
+        assert_eq!(mismatch(same, Some(system)), None);
+        let backport = "qemu-img version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)";
+        assert_eq!(
+            mismatch(backport, Some(system)),
+            Some(("10.0.2".into(), "7.2.22".into()))
+        );
+        // No QEMU, or a version line we cannot read: nothing to compare.
+        assert_eq!(mismatch(backport, None), None);
+        assert_eq!(mismatch("qemu-img (custom build)", Some(system)), None);
     }
 }

@@ -387,6 +387,7 @@ fn doctor_checks_this_host() {
     assert!(run.status.success(), "{stdout}\n{stderr}");
     for (check, status) in [
         ("qemu", "OK"),
+        ("qemu-img", "OK"),
         ("kernel", "OK"),
         ("busybox-static", "OK"),
         ("python", "OK"),
@@ -406,4 +407,33 @@ fn doctor_checks_this_host() {
         "{stdout}"
     );
     assert!(stdout.contains("vmrig can run tests on this host."));
+}
+
+#[test]
+fn doctor_reports_qemu_parts_of_different_releases() {
+    // A qemu-img of another release beside QEMU, as apt can leave a backport.
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("qemu-img");
+    std::fs::write(
+        &img,
+        "#!/bin/sh\necho 'qemu-img version 99.0.1 (Debian 1:99.0.1+ds-1~bpo12+1)'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = vmrig()
+        .env("PATH", path)
+        .args(["doctor", "--no-probe"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(row(&stdout, "qemu-img")[1], "MISSING", "{stdout}");
+    has(&stdout, "is QEMU 99.0.1 but qemu-system-x86_64 is QEMU ");
+    has(&stdout, "install both from one release");
+    has(&stdout, "missing, required: qemu-img");
 }
