@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pty::Terminal;
@@ -38,6 +40,8 @@ fn repl_runs_commands_the_script_and_both_interact_sessions() {
     let mut cmd = vmrig_in(dir.path());
     cmd.current_dir(dir.path())
         .env("TERM", "xterm")
+        // The plain console whatever the host's Python has (ptpython: below).
+        .env("VMRIG_REPL", "plain")
         .arg("-I")
         .arg("--start-scripts")
         .arg(&script)
@@ -75,21 +79,21 @@ fn repl_runs_commands_the_script_and_both_interact_sessions() {
         "''",
     );
     t.send("machine.console_interact()\n");
-    std::thread::sleep(Duration::from_millis(500));
+    t.expect("Terminal is ready (there is no prompt):", SHORT);
     t.send("typed-on-console\n");
-    std::thread::sleep(Duration::from_millis(500));
     t.send("\x04");
     t.expect(PROMPT, SHORT);
     python(
         &mut t,
-        "machine.succeed(\"cat /tmp/got\")",
+        "machine.succeed(\"timeout 10 sh -c 'until [ -s /tmp/got ]; do sleep 0.1; done'; cat /tmp/got\")",
         "'typed-on-console\\n'",
     );
 
     // Ctrl-C interrupts a long command at once; the machine stays usable.
-    t.send("machine.succeed(\"sleep 10; echo slept\")\n");
-    t.expect("must succeed: sleep 10", SHORT);
-    std::thread::sleep(Duration::from_millis(300));
+    // The command says on the serial console that it runs (the marker is
+    // computed, so the terminal's echo of the typed line does not match).
+    t.send("machine.succeed(\"echo running-$((6 * 7)) > /dev/ttyS0; sleep 10; echo slept\")\n");
+    t.expect("running-42", SHORT);
     let interrupted = Instant::now();
     t.send("\x03");
     t.expect("KeyboardInterrupt", SHORT);
@@ -134,7 +138,10 @@ fn repl_of_a_test_directory_sees_its_nodes() {
     .unwrap();
     std::fs::write(test_dir.join("test.py"), "machine.succeed('true')\n").unwrap();
     let mut cmd = vmrig_in(dir.path());
-    cmd.current_dir(dir.path()).arg("repl").arg(&test_dir);
+    cmd.current_dir(dir.path())
+        .env("VMRIG_REPL", "plain")
+        .arg("repl")
+        .arg(&test_dir);
     let mut t = Terminal::spawn(cmd);
     t.expect(PROMPT, Duration::from_secs(60));
     // No machine is used, so none boots.
@@ -144,4 +151,111 @@ fn repl_of_a_test_directory_sees_its_nodes() {
     let status = t.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", t.screen());
     assert_no_qemu_left(dir.path());
+}
+
+/// ptpython and its dependencies in a directory of their own, put first on
+/// PYTHONPATH: the test does not depend on what the host's Python has.
+fn ptpython() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ptpython-3.0.32");
+    if !dir.join("ptpython").is_dir() {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&dir)
+            .arg("ptpython==3.0.32")
+            .output()
+            .expect("python3 -m pip");
+        assert!(
+            out.status.success(),
+            "pip install ptpython: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
+
+#[test]
+#[ignore = "installs ptpython from PyPI (pip install --target) for the REPL"]
+fn repl_is_ptpython_when_it_is_importable() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(&test, "start_all()\n").unwrap();
+    let mut cmd = vmrig_in(dir.path());
+    cmd.current_dir(dir.path())
+        .env("TERM", "xterm")
+        .env("PYTHONPATH", ptpython())
+        .env_remove("VMRIG_REPL")
+        .arg("-I")
+        .arg("--start-scripts")
+        .arg(&script)
+        .args(["--vlans", "1"])
+        .arg(&test);
+    let mut t = Terminal::spawn(cmd);
+    t.expect("additionally exposed symbols:", SHORT);
+    // ptpython's status bar, which the plain console does not have.
+    t.expect("Menu - CPython", SHORT);
+    // ptpython reads keys in raw mode: Enter is a carriage return. It colours
+    // what it echoes and the values it shows, not what the command prints.
+    t.send("print(machine.succeed(\"echo from-$((6 * 7))\").strip())\r");
+    t.expect("from-42", Duration::from_secs(90));
+    t.send("\x04");
+    t.expect("really want to exit?", SHORT);
+    t.send("y");
+    let status = t.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", t.screen());
+    assert!(
+        std::fs::read_to_string(dir.path().join(".nixos-test-history"))
+            .unwrap()
+            .contains("echo from-"),
+        "ptpython keeps the history file"
+    );
+    assert_no_qemu_left(dir.path());
+}
+
+#[test]
+fn a_wrong_vmrig_repl_choice_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(&test, "").unwrap();
+    for (choice, says) in [
+        (
+            "fancy",
+            "VMRIG_REPL='fancy': expected auto, plain or ptpython",
+        ),
+        (
+            "ptpython",
+            "VMRIG_REPL=ptpython, but ptpython cannot be imported",
+        ),
+    ] {
+        let mut cmd = vmrig_in(dir.path());
+        cmd.current_dir(dir.path())
+            .env("VMRIG_REPL", choice)
+            // No ptpython, whatever the host has: PYTHONPATH cannot hide the
+            // host's site-packages, so make the import fail on purpose.
+            .env("PYTHONPATH", dir.path())
+            .arg("-I")
+            .arg("--start-scripts")
+            .arg(&script)
+            .arg(&test);
+        if choice == "ptpython" {
+            std::fs::create_dir_all(dir.path().join("ptpython")).unwrap();
+            std::fs::write(
+                dir.path().join("ptpython/__init__.py"),
+                "raise ImportError('not here')\n",
+            )
+            .unwrap();
+        }
+        let mut t = Terminal::spawn(cmd);
+        t.expect(says, SHORT);
+        let status = t.wait(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(1), "{}", t.screen());
+    }
 }

@@ -370,6 +370,7 @@ class Machine(BaseMachine):
     def console_interact(self):
         """Type lines for the serial console (QEMU's stdin); its output shows in
         the log. Ctrl-D or Ctrl-C ends it."""
+        self.log("Terminal is ready (there is no prompt):")
         sys.stdout.flush()
         self._m.console_interact()
 
@@ -731,6 +732,28 @@ def _console(g, history):
                 log.warning(f"cannot write the history to {history}: {e}")
 
 
+def _ptpython_embed():
+    """ptpython's `embed` when the REPL should be ptpython, else None (the
+    plain console). VMRIG_REPL chooses: `auto` (ptpython when importable, as
+    NixOS's driver uses it), `plain` or `ptpython`."""
+    import os
+
+    choice = os.environ.get("VMRIG_REPL", "auto")
+    if choice not in ("auto", "plain", "ptpython"):
+        log.error(f"VMRIG_REPL={choice!r}: expected auto, plain or ptpython")
+        raise SystemExit(1)
+    if choice == "plain":
+        return None
+    try:
+        from ptpython.repl import embed
+    except ImportError as e:
+        if choice == "ptpython":
+            log.error(f"VMRIG_REPL=ptpython, but ptpython cannot be imported: {e}")
+            raise SystemExit(1)
+        return None
+    return embed
+
+
 def _repl(g, history):
     """NixOS's -I: a Python prompt with the test's globals (ptpython when
     installed), history in `history`; returns the exit status."""
@@ -754,10 +777,7 @@ def _repl(g, history):
         flush=True,
     )
     try:
-        from ptpython.repl import embed
-    except ImportError:
-        embed = None
-    try:
+        embed = _ptpython_embed()
         if embed is None:
             _console(g, history)
         else:

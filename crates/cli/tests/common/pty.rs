@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 
+/// A terminal's "device status report" request for the cursor position.
+const CURSOR_QUERY: &[u8] = b"\x1b[6n";
+
 /// A child on a pty, with everything it printed so far.
 pub struct Terminal {
     master: std::fs::File,
@@ -62,10 +65,19 @@ impl Terminal {
         let master = std::fs::File::from(master);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (mut reader, sink) = (master.try_clone().unwrap(), seen.clone());
+        let mut answer = master.try_clone().unwrap();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             // EIO once the last program on the pty has closed it.
             while let Ok(n @ 1..) = reader.read(&mut buf) {
+                // Full-screen prompts (ptpython's) ask where the cursor is and
+                // wait for the answer, as a real terminal gives it.
+                for _ in buf[..n]
+                    .windows(CURSOR_QUERY.len())
+                    .filter(|w| *w == CURSOR_QUERY)
+                {
+                    let _ = answer.write_all(b"\x1b[1;1R");
+                }
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
