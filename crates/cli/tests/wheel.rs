@@ -111,7 +111,7 @@ fn pip_installed_vmrig_runs_a_plain_python_test() {
          with Driver(start_scripts=[sys.argv[1]], vlans=[1]) as d:\n\
          \x20   d.machine.connect()\n\
          \x20   print('connected', flush=True)\n\
-         \x20   d.machine.succeed('sleep 300')\n",
+         \x20   d.machine.succeed('echo sleeping > /dev/ttyS0; sleep 300')\n",
     )
     .unwrap();
     let mut child = Command::new(&python)
@@ -124,11 +124,22 @@ fn pip_installed_vmrig_runs_a_plain_python_test() {
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut child = Stopped(child);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert_eq!(line, "connected\n");
-    std::thread::sleep(Duration::from_millis(500));
+    // The guest's command says on the serial console that it runs.
+    let (mut seen, mut lines) = (String::new(), std::io::BufRead::lines(stderr));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("machine # sleeping") {
+            break;
+        }
+    }
+    assert!(seen.contains("machine # sleeping"), "{seen}");
     #[allow(unsafe_code)]
     // SAFETY: kill(2) on our own child's (positive) pid has no memory effects.
     unsafe {
@@ -142,8 +153,7 @@ fn pip_installed_vmrig_runs_a_plain_python_test() {
         interrupted.elapsed()
     );
     assert!(!status.success(), "{status:?}");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr: String = lines.map(|l| l.unwrap() + "\n").collect();
     assert!(
         stderr.contains("KeyboardInterrupt") && !stderr.contains("panicked"),
         "{stderr}"
