@@ -111,8 +111,11 @@ with subtest("polling conditions"):
         "/tmp is writable"
         machine.succeed("touch /tmp/.probe")
 
+    assert tmp_is_writable.condition.description == "/tmp is writable"
     with tmp_is_writable:
         machine.succeed("true")
+        tmp_is_writable.wait(timeout=30)
+        assert tmp_is_writable.condition.check(force=True) is True
 
     @polling_condition(seconds_interval=0, description="a condition that never holds")
     def never():
@@ -127,6 +130,24 @@ with subtest("polling conditions"):
             assert not isinstance(e, AssertionError), repr(e)
         else:
             raise Exception("a failing polling condition did not stop the action")
+    assert never.condition.description == "a condition that never holds"
+    assert never.condition.check(force=True) is False
+    machine.succeed("true")
+
+with subtest("a bad duration is an error naming the argument"):
+    for bad in (-1, float("nan"), float("inf"), 10**400, datetime.timedelta(days=-1)):
+        try:
+            machine.wait_for_file("/etc/hostname", timeout=bad)
+        except ValueError as e:
+            assert "timeout=" in str(e), str(e)
+        else:
+            raise Exception(f"timeout={bad!r} was taken")
+    try:
+        machine.sleep(-3)
+    except ValueError as e:
+        assert "secs=-3" in str(e), str(e)
+    else:
+        raise Exception("sleep(-3) was taken")
     machine.succeed("true")
 
 with subtest("files between host and guest"):

@@ -6,6 +6,7 @@ durations are numbers of seconds or `datetime.timedelta`.
 
 import contextlib
 import datetime
+import math
 import os
 import re
 import sys
@@ -49,12 +50,27 @@ _package.errors = _module(
 )
 
 
-def _seconds(value, default=None):
+_MAX_SECONDS = 365 * 24 * 3600
+
+
+def _seconds(value, name="timeout", default=None):
+    """A duration argument in seconds, or an error naming the argument."""
     if value is None:
         return default
     if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    return float(value)
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise TypeError(f"{name}={value!r}: expected a number of seconds or a datetime.timedelta")
+    if not (math.isfinite(seconds) and 0 <= seconds <= _MAX_SECONDS):
+        raise ValueError(
+            f"{name}={value!r}: expected a number of seconds from 0 to {_MAX_SECONDS} (a year)"
+        )
+    return seconds
 
 
 class _Logger:
@@ -89,71 +105,80 @@ class PollingConditionError(Exception):
     """A polling condition failed before a machine action (as NixOS: not an assertion)."""
 
 
-class _PollingCondition:
-    def __init__(self, condition, seconds_interval=2.0, description=None):
+class PollingCondition:
+    """NixOS's PollingCondition over the driver's: while entered (`with`),
+    the driver runs `condition` before machine actions, at most every
+    `seconds_interval`; `None` or a true value holds."""
+
+    def __init__(self, condition, logger=None, seconds_interval=2.0, description=None):
         self.condition = condition
-        self.seconds_interval = seconds_interval
-        self.description = description or (condition.__doc__ or condition.__name__).strip()
-        self.last_called = float("-inf")
-        self.entered = False
+        self.logger = log if logger is None else logger
+        self.seconds_interval = _seconds(seconds_interval, "seconds_interval")
+        if description is None:
+            self.description = condition.__doc__ or condition.__name__
+        else:
+            self.description = str(description)
+        self._native = _vmrig._PollingCondition(
+            condition, self.seconds_interval, self.description
+        )
 
     def check(self, force=False):
-        if (self.entered or time.monotonic() - self.last_called < self.seconds_interval) and not force:
-            return True
-        self.entered = True
-        try:
-            with log.nested(f"checking polling condition {self.description!r}"):
-                try:
-                    result = self.condition()
-                except Exception:
-                    result = False
-                result = result is None or bool(result)
-        finally:
-            self.entered = False
-            self.last_called = time.monotonic()
-        return result
+        return self._native.check(force)
 
     def maybe_raise(self):
-        if not self.check():
-            raise PollingConditionError(f"Polling condition failed: {self.description}")
+        self._native.maybe_raise()
+
+    def status_message(self, status):
+        return self._native.status_message(status)
+
+    @property
+    def nested_message(self):
+        return f"Checking polling condition {self.description!r}"
 
     def wait(self, timeout=900):
-        retry(lambda _: self.check(force=True), timeout)
-
-    def __enter__(self):
-        _conditions.append(self)
-
-    def __exit__(self, *exc):
-        _conditions.remove(self)
+        self._native.wait(_seconds(timeout))
 
 
 PollingConditionError.__module__ = "test_driver.polling_condition"
 _module(
     "test_driver.polling_condition",
-    PollingCondition=_PollingCondition,
+    PollingCondition=PollingCondition,
     PollingConditionError=PollingConditionError,
 )
 
-_conditions = []
 
+def _polling_condition(native_driver, conditions):
+    """NixOS's `polling_condition` decorator, for one driver."""
 
-def _check_conditions():
-    for condition in list(_conditions):
-        condition.maybe_raise()
+    class Poll:
+        def __init__(self, fun, seconds_interval, description):
+            self.condition = PollingCondition(fun, log, seconds_interval, description)
 
+        def __enter__(self):
+            self.condition._native.enter(native_driver)
+            conditions.append(self.condition)
 
-def polling_condition(fun_=None, *, seconds_interval=2.0, description=None):
-    """Decorator: a condition checked before machine actions while in `with`."""
+        def __exit__(self, *exc):
+            conditions.remove(self.condition)
+            self.condition._native.exit()
 
-    def wrap(fun):
-        return _PollingCondition(fun, seconds_interval, description)
+        def wait(self, timeout=900):
+            self.condition.wait(timeout)
 
-    return wrap(fun_) if fun_ is not None else wrap
+    def polling_condition(fun_=None, *, seconds_interval=2.0, description=None):
+        """Decorator: a condition checked before machine actions while in `with`."""
+
+        def wrap(fun):
+            return Poll(fun, seconds_interval, description)
+
+        return wrap(fun_) if fun_ is not None else wrap
+
+    return polling_condition
 
 
 def retry(fn, timeout_seconds=900):
     """Calls fn(False) every second until it returns True or time is up, then fn(True)."""
-    timeout_seconds = _seconds(timeout_seconds)
+    timeout_seconds = _seconds(timeout_seconds, "timeout_seconds")
     start = time.monotonic()
     while time.monotonic() - start < timeout_seconds:
         if fn(False):
@@ -168,16 +193,6 @@ def retry(fn, timeout_seconds=900):
 
 class BaseMachine:
     """Common base of machines (NixOS's BaseMachine)."""
-
-
-def _action(fun):
-    def wrapper(self, *args, **kwargs):
-        _check_conditions()
-        return fun(self, *args, **kwargs)
-
-    wrapper.__name__ = fun.__name__
-    wrapper.__doc__ = fun.__doc__
-    return wrapper
 
 
 class Machine(BaseMachine):
@@ -214,30 +229,24 @@ class Machine(BaseMachine):
     def connect(self):
         self._m.connect()
 
-    @_action
     def execute(self, command, check_return=True, check_output=True, timeout=900):
         return self._m.execute(command, check_return, check_output, _seconds(timeout))
 
-    @_action
     def succeed(self, *commands, timeout=None):
         return self._m.succeed(list(commands), _seconds(timeout))
 
-    @_action
     def fail(self, *commands, timeout=None):
         return self._m.fail(list(commands), _seconds(timeout))
 
     def wait_until_succeeds(self, command, timeout=900):
-        _check_conditions()
         return self._m.wait_until_succeeds(command, _seconds(timeout))
 
     def wait_until_fails(self, command, timeout=900):
-        _check_conditions()
         return self._m.wait_until_fails(command, _seconds(timeout))
 
     def sleep(self, secs):
-        self.succeed(f"sleep {_seconds(secs)}")
+        self.succeed(f"sleep {_seconds(secs, 'secs')}")
 
-    @_action
     def systemctl(self, q, user=None):
         return self._m.systemctl(q, user)
 
@@ -280,17 +289,15 @@ class Machine(BaseMachine):
     def dump_tty_contents(self, tty):
         self._m.dump_tty_contents(str(tty))
 
-    @_action
     def send_key(self, key, delay=0.01, log=True):
-        self._m.send_key(key, _seconds(delay))
+        self._m.send_key(key, _seconds(delay, "delay"))
 
     def send_chars(self, chars, delay=0.01):
-        self._m.send_chars(chars, _seconds(delay))
+        self._m.send_chars(chars, _seconds(delay, "delay"))
 
     def send_console(self, chars):
         self._m.send_console(chars)
 
-    @_action
     def send_monitor_command(self, command):
         return self._m.send_monitor_command(command)
 
@@ -579,9 +586,14 @@ def _globals(native_driver, script_path=None, nodes=None, debug=None, interactiv
         def __init__(self):
             self.machines = machines
             self.vlans = vlans
-            self.polling_conditions = _conditions
+            self.polling_conditions = conditions
             self.global_timeout = native_driver.global_timeout
 
+        def check_polling_conditions(self):
+            for condition in self.polling_conditions:
+                condition.maybe_raise()
+
+    conditions = []
     driver = _Driver()
 
     def start_all():
@@ -646,7 +658,7 @@ def _globals(native_driver, script_path=None, nodes=None, debug=None, interactiv
         "retry": retry,
         "serial_stdout_off": lambda: native_driver.serial_stdout(False),
         "serial_stdout_on": lambda: native_driver.serial_stdout(True),
-        "polling_condition": polling_condition,
+        "polling_condition": _polling_condition(native_driver, conditions),
         "BaseMachine": BaseMachine,
         "QemuMachine": QemuMachine,
         "NspawnMachine": NspawnMachine,
@@ -833,7 +845,7 @@ class Driver:
             {
                 "out_dir": str(out_dir),
                 "keep_machine_state": bool(keep_machine_state),
-                "global_timeout": float(_seconds(global_timeout)),
+                "global_timeout": _seconds(global_timeout, "global_timeout"),
                 "log_level": log_level,
                 "tmp_dir": None if tmp_dir is None else str(tmp_dir),
             },
