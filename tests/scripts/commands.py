@@ -7,6 +7,7 @@ import datetime
 import socket
 from pathlib import Path
 
+from test_driver import logger
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.machine import Machine as MachineClass
 from test_driver.polling_condition import PollingConditionError
@@ -103,6 +104,11 @@ with subtest("waits"):
     machine.succeed("(sleep 2; touch /tmp/flag) >/dev/null 2>&1 &")
     retry(flag_is_there, timeout_seconds=30)
     assert tries[-1] is False and len(tries) >= 2
+
+with subtest("NixOS's logger module"):
+    logger.rootlog.info("a line through test_driver.logger.rootlog")
+    with logger.rootlog.nested("a section of rootlog"):
+        logger.rootlog.warning("a warning inside it")
 
 with subtest("polling conditions"):
 

@@ -1,5 +1,5 @@
 //! The native module `_vmrig`: thin classes over the Rust driver. Python's
-//! names, keyword arguments and defaults live in the prelude (`prelude.py`);
+//! names, keyword arguments and defaults live in the prelude (the `vmrig_prelude` package);
 //! this layer converts values and errors, and releases the GIL while the
 //! driver blocks.
 
@@ -556,9 +556,6 @@ impl PyDriver {
             failure,
         });
     }
-    fn serial_stdout(&self, on: bool) {
-        vmrig_driver::log::set_serial_stdout(on);
-    }
 }
 
 /// A polling condition (wrapped by the prelude's `PollingCondition`): the
@@ -668,6 +665,12 @@ fn section_exit() {
     }
 }
 
+/// Turns printing the machines' serial consoles on the terminal on or off.
+#[pyfunction]
+fn serial_stdout(on: bool) {
+    vmrig_driver::log::set_serial_stdout(on);
+}
+
 /// Prints one line of a test failure the NixOS way (`!!! LINE`), in the
 /// XML log too.
 #[pyfunction]
@@ -690,6 +693,7 @@ pub fn _vmrig(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::debug::Marker>()?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
     m.add_function(wrap_pyfunction!(log_test_error, m)?)?;
+    m.add_function(wrap_pyfunction!(serial_stdout, m)?)?;
     m.add_function(wrap_pyfunction!(section_enter, m)?)?;
     m.add_function(wrap_pyfunction!(section_exit, m)?)?;
     m.add_function(wrap_pyfunction!(prelude, m)?)?;
