@@ -22,7 +22,9 @@
 //! `pip install ./crates/pyshim`), the same module is `import vmrig` for
 //! tests written as plain Python programs (`vmrig.Driver`).
 //!
-//! Not supported: the SSH backdoor (`dump_machine_ssh`), containers.
+//! Not supported: the SSH backdoor (`dump_machine_ssh`), containers. Every
+//! other difference from NixOS's API is listed in `docs/compatibility.md` in
+//! the repository.
 
 mod blocking;
 mod debug;
