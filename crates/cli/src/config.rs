@@ -93,7 +93,7 @@ impl Config {
             }
         }
         for (key, vm) in &config.vms {
-            let derived = vmrig_driver::machine_name(&vm.start_script);
+            let derived = vmrig_guest::contract::machine_name(&vm.start_script);
             if let Some(name) = vm.name.as_deref().filter(|n| *n != derived) {
                 return Err(format!(
                     "`vms.{key}.name` is `{name}`, but vmrig names a machine after its start \

@@ -281,7 +281,7 @@ impl Scheduler<'_> {
             self.killed = true;
             for state in &self.states {
                 if let State::Running(r) = state {
-                    signals::kill_group(&r.child);
+                    vmrig_guest::process::kill_group(r.child.id());
                 }
             }
         }

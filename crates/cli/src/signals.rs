@@ -36,8 +36,8 @@ impl Signals {
             rt.block_on(async move {
                 loop {
                     let sig = tokio::select! {
-                        _ = int.recv() => libc::SIGINT,
-                        _ = term.recv() => libc::SIGTERM,
+                        _ = int.recv() => Signal::INT.as_raw(),
+                        _ = term.recv() => Signal::TERM.as_raw(),
                     };
                     l.store(sig, Ordering::SeqCst);
                     c.fetch_add(1, Ordering::SeqCst);
@@ -54,32 +54,28 @@ impl Signals {
 
     /// The last one.
     pub fn last(&self) -> Option<Signal> {
-        match self.last.load(Ordering::SeqCst) {
-            libc::SIGINT => Some(Signal::INT),
-            libc::SIGTERM => Some(Signal::TERM),
-            _ => None,
-        }
+        let last = self.last.load(Ordering::SeqCst);
+        [Signal::INT, Signal::TERM]
+            .into_iter()
+            .find(|s| s.as_raw() == last)
     }
 
     /// 130 after SIGINT, 143 after SIGTERM, as the driver exits.
     pub fn exit_code(&self) -> Option<u8> {
-        match self.last.load(Ordering::SeqCst) {
-            libc::SIGINT => Some(130),
-            libc::SIGTERM => Some(143),
-            _ => None,
-        }
+        // 128 + the signal's number, as a shell reports it.
+        self.last().map(|s| 128 + s.as_raw() as u8)
     }
 }
 
 /// In a child: be sent SIGTERM when the `vmrig run` that started us dies,
 /// even by SIGKILL, so its driver still kills the QEMUs; exit at once if it
-/// is already gone.
+/// is already gone (or the tie cannot be made).
 pub fn die_with_parent(parent: i32) {
-    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(Signal::TERM)) {
-        tracing::warn!("cannot tie this test to its vmrig run: {e}");
-    }
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
-        eprintln!("vmrig: error: the vmrig run that started this test is gone");
+    let tied = Pid::from_raw(parent)
+        .ok_or_else(|| std::io::Error::other("no parent pid"))
+        .and_then(|p| vmrig_guest::process::die_with(p, Signal::TERM));
+    if let Err(e) = tied {
+        eprintln!("vmrig: error: cannot tie this test to the vmrig run that started it: {e}");
         std::process::exit(143);
     }
 }
@@ -89,16 +85,5 @@ pub fn forward(child: &Child, sig: Option<Signal>) {
     let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
     if let (Some(pid), Some(sig)) = (pid, sig) {
         let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
-/// SIGKILL to the group a child leads (never our own group, nor init's).
-pub fn kill_group(child: &Child) {
-    let pid = i32::try_from(child.id())
-        .ok()
-        .filter(|&p| p > 1)
-        .and_then(Pid::from_raw);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
     }
 }

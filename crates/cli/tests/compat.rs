@@ -192,11 +192,7 @@ fn ctrl_c_during_a_call_tears_everything_down() {
         !qemu_of(dir.path()).is_empty(),
         "the check below sees this run's QEMU"
     );
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    common::signal(&child, common::Signal::INT);
     let status = common::wait_exit(&mut child, Duration::from_secs(60), "running after SIGINT");
     assert_eq!(status.code(), Some(130));
     assert_no_qemu_left(dir.path());

@@ -369,11 +369,7 @@ fn sigterm_stops_every_test_and_leaves_nothing_behind() {
         common::qemu_of(base).len() >= 3,
         "the run, its children and a QEMU name {base:?}"
     );
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    common::signal(&child, common::Signal::TERM);
     // Keep reading, so the run never blocks on a full pipe.
     let reader = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let status = common::wait_exit(&mut child, Duration::from_secs(60), "running after SIGTERM");

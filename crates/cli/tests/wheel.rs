@@ -140,11 +140,7 @@ fn pip_installed_vmrig_runs_a_plain_python_test() {
         }
     }
     assert!(seen.contains("machine # sleeping"), "{seen}");
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on our own child's (positive) pid has no memory effects.
-    unsafe {
-        libc::kill(child.0.id() as i32, libc::SIGINT);
-    }
+    common::signal(&child.0, common::Signal::INT);
     let interrupted = Instant::now();
     let status = child.0.wait().unwrap();
     assert!(

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineConfig};
 use crate::polling::{Conditions, PollingCondition};
 use crate::report::{junit_xml, SubtestResult};
+use vmrig_guest::contract::machine_name;
 
 /// How long a test script may go on after the global timeout stopped its machines
 /// before the process exits, for the owners that set
@@ -189,19 +190,6 @@ impl Watchdog {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
-}
-
-/// The machine name NixOS derives from a start script: `run-(.+)-vm$`, else `machine`.
-pub fn machine_name(script: &Path) -> String {
-    let file = script
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    file.strip_prefix("run-")
-        .and_then(|rest| rest.strip_suffix("-vm"))
-        .filter(|n| !n.is_empty())
-        .unwrap_or("machine")
-        .to_owned()
 }
 
 impl Driver {
@@ -601,12 +589,6 @@ impl Drop for ConditionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_like_nixos() {
-        assert_eq!(machine_name(Path::new("/x/bin/run-server-vm")), "server");
-        assert_eq!(machine_name(Path::new("/x/start")), "machine");
-    }
 
     #[test]
     fn bad_setups_are_clear_errors() {

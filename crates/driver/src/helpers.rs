@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::keys::key_for;
-use crate::machine::{vmrig_quote, Machine};
+use crate::machine::Machine;
 use crate::retry::retry;
 use crate::systemd::{parse_property, parse_show, property_query, show_query, systemctl_command};
+use vmrig_guest::script::sh_quote;
 
 impl Machine {
     /// NixOS's `systemctl(q, user)`: runs `systemctl Q`, or `systemctl --user Q`
@@ -118,7 +119,7 @@ impl Machine {
         timeout: Duration,
     ) -> Result<()> {
         let flags = if is_datagram { "-z -uU" } else { "-z -U" };
-        let cmd = format!("nc {flags} {}", vmrig_quote(addr));
+        let cmd = format!("nc {flags} {}", sh_quote(addr));
         retry(
             |_| Ok(self.execute(&cmd, true, true, None)?.0 == 0),
             timeout,
@@ -244,7 +245,7 @@ impl Machine {
                 source.display()
             ))
         })?;
-        let t = vmrig_quote(target);
+        let t = sh_quote(target);
         self.succeed(&[&format!("mkdir -p \"$(dirname {t})\" && : > {t}")], None)?;
         // Bounded command lines: bash reads each command as one line.
         for chunk in bytes.chunks(48 * 1024) {

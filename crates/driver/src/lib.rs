@@ -56,10 +56,10 @@ mod systemd;
 pub mod xml_log;
 
 pub use console::{Console, TAIL_LINES};
-pub use driver::{machine_name, ConditionGuard, Driver, DriverOptions, VLan, EXIT_AFTER_TIMEOUT};
+pub use driver::{ConditionGuard, Driver, DriverOptions, VLan, EXIT_AFTER_TIMEOUT};
 pub use error::{Error, Result};
 pub use keys::key_for;
-pub use machine::{vmrig_quote, Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
+pub use machine::{Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
 pub use network::parse_info_network;
 pub use polling::{Condition, PollingCondition};
 pub use report::{junit_xml, SubtestResult};

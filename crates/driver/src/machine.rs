@@ -18,6 +18,7 @@ use vmrig_qmp::{Client as Qmp, ImageFormat, Screendump, SetLink};
 
 use crate::console::Console;
 use crate::error::{Error, Result};
+use vmrig_guest::script::sh_quote;
 
 /// NixOS's default for `execute` and every `wait_*`: 15 minutes.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -512,7 +513,7 @@ impl Machine {
     }
 
     fn wait_for_port(&self, port: u16, addr: &str, timeout: Duration, open: bool) -> Result<()> {
-        let cmd = format!("nc -z {} {port}", vmrig_quote(addr));
+        let cmd = format!("nc -z {} {port}", sh_quote(addr));
         let state = if open { "open" } else { "close" };
         let what = format!("waiting for port {port} on {addr} to {state}");
         self.retry_command(&cmd, timeout, open, &what).map(drop)
@@ -520,7 +521,7 @@ impl Machine {
 
     /// Waits until a file exists in the guest.
     pub fn wait_for_file(&self, path: &str, timeout: Duration) -> Result<()> {
-        let cmd = format!("test -e {}", vmrig_quote(path));
+        let cmd = format!("test -e {}", sh_quote(path));
         self.retry_command(&cmd, timeout, true, &format!("waiting for file {path}"))
             .map(drop)
     }
@@ -745,13 +746,13 @@ impl Machine {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let cmd = if target_dir.is_empty() {
-            format!("cp -r {} {}", vmrig_quote(&in_guest), vmrig_quote(target))
+            format!("cp -r {} {}", sh_quote(&in_guest), sh_quote(target))
         } else {
             format!(
                 "mkdir -p {} && cp -r {} {}",
-                vmrig_quote(&target_dir),
-                vmrig_quote(&in_guest),
-                vmrig_quote(target)
+                sh_quote(&target_dir),
+                sh_quote(&in_guest),
+                sh_quote(target)
             )
         };
         self.succeed(&[&cmd], None).map(drop)
@@ -777,8 +778,8 @@ impl Machine {
         self.succeed(
             &[&format!(
                 "cp -r {} {}",
-                vmrig_quote(source),
-                vmrig_quote(&format!("/tmp/shared/{dir_name}/"))
+                sh_quote(source),
+                sh_quote(&format!("/tmp/shared/{dir_name}/"))
             )],
             None,
         )?;
@@ -840,7 +841,7 @@ impl Machine {
         // By pid first: a command in flight may hold `running` for minutes.
         let pid = self.inner.pid.swap(0, Ordering::SeqCst);
         if pid != 0 {
-            kill_group(pid);
+            vmrig_guest::process::kill_group(pid);
         }
         if let Ok(mut running) = self.inner.running.try_lock() {
             *running = None;
@@ -852,26 +853,6 @@ impl Machine {
     /// QEMU's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         Some(self.inner.pid.load(Ordering::SeqCst)).filter(|p| *p != 0)
-    }
-}
-
-/// Shell-quotes one word for a command line (Python's `shlex.quote`).
-pub fn vmrig_quote(s: &str) -> String {
-    let mut out = bytes::BytesMut::new();
-    vmrig_backdoor::shell_quote(s.as_bytes(), &mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn kill_group(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            #[allow(unsafe_code)]
-            // SAFETY: kill(2) has no memory effects; the negative pid names the
-            // process group QEMU leads (spawned with process_group(0)).
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
     }
 }
 

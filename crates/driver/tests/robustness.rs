@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::process::{kill_process, Pid, Signal};
 use vmrig_driver::{Driver, DriverOptions, Error};
+
+fn pid_of(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).expect("a pid fits i32")).expect("not pid 0")
+}
 
 /// Builds a one-node guest without VLANs; returns its start script.
 fn guest(dir: &Path) -> PathBuf {
@@ -116,15 +121,11 @@ fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
 }
 
-fn signal_test(signal: i32, code: i32) {
+fn signal_test(signal: Signal, code: i32) {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, pid, run_dir) = spawn_child("signal", dir.path());
     assert!(alive(pid));
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on our own child's pid has no memory effects.
-    unsafe {
-        libc::kill(child.id() as i32, signal);
-    }
+    kill_process(pid_of(child.id()), signal).unwrap();
     let status = wait_child(&mut child);
     assert_eq!(status.code(), Some(code));
     assert_gone(pid);
@@ -133,12 +134,12 @@ fn signal_test(signal: i32, code: i32) {
 
 #[test]
 fn sigint_stops_every_machine() {
-    signal_test(libc::SIGINT, 130);
+    signal_test(Signal::INT, 130);
 }
 
 #[test]
 fn sigterm_stops_every_machine() {
-    signal_test(libc::SIGTERM, 143);
+    signal_test(Signal::TERM, 143);
 }
 
 #[test]
@@ -222,11 +223,7 @@ fn a_guest_that_dies_fails_its_command_at_once() {
     let pid = m.pid().unwrap();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(3));
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on the QEMU we started has no memory effects.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
+        let _ = kill_process(pid_of(pid), Signal::KILL);
     });
     let started = Instant::now();
     let e = m.succeed(&["sleep 300"], None).unwrap_err();

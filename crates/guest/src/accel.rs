@@ -162,7 +162,7 @@ pub fn probe_kvm(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    crate::process::kill_group(&mut child);
+    crate::process::kill_and_reap(&mut child);
     let status = match child.try_wait() {
         Ok(Some(s)) => s.to_string(),
         Ok(None) => "still running".to_owned(),

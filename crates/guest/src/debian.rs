@@ -254,10 +254,7 @@ pub fn layer(
 }
 
 fn need_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err(Error::HostMissing {
             what: "root privileges to build a debian-flavour image (first use only)".into(),
             hint:
@@ -706,22 +703,19 @@ struct Lock {
 
 impl Lock {
     fn exclusive(path: &Path) -> Result<Lock> {
-        use std::os::fd::AsRawFd;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
             .context(|| format!("cannot open lock {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; it blocks until the lock is ours.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(Error::Io {
+        // Blocks until the lock is ours.
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            Error::Io {
                 context: format!("cannot lock {}", path.display()),
-                source: std::io::Error::last_os_error(),
-            });
-        }
+                source: e.into(),
+            }
+        })?;
         Ok(Lock { _file: f })
     }
 }

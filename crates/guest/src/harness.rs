@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::process::kill_group;
+use crate::contract::machine_name;
+use crate::process::kill_and_reap;
 
 /// What went wrong with a guest; every message carries the machine and the
 /// last console lines.
@@ -339,21 +340,8 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        kill_group(&mut self.child);
+        kill_and_reap(&mut self.child);
     }
-}
-
-/// The machine name NixOS derives from a start script: `run-(.+)-vm$`, else `machine`.
-pub fn machine_name(script: &Path) -> String {
-    let file = script
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    file.strip_prefix("run-")
-        .and_then(|rest| rest.strip_suffix("-vm"))
-        .filter(|n| !n.is_empty())
-        .unwrap_or("machine")
-        .to_owned()
 }
 
 fn accept(
@@ -425,7 +413,7 @@ impl Vde2Switch {
             }
         });
         if rx.recv_timeout(Duration::from_secs(5)).is_err() {
-            kill_group(&mut child);
+            kill_and_reap(&mut child);
             return Err(format!(
                 "vde_switch on {} did not answer showinfo within 5 s",
                 dir.display()
@@ -446,19 +434,6 @@ impl Vde2Switch {
 
 impl Drop for Vde2Switch {
     fn drop(&mut self) {
-        kill_group(&mut self.child);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_like_nixos() {
-        assert_eq!(machine_name(Path::new("/x/bin/run-server-vm")), "server");
-        assert_eq!(machine_name(Path::new("run-my-node-vm")), "my-node");
-        assert_eq!(machine_name(Path::new("/x/start")), "machine");
-        assert_eq!(machine_name(Path::new("run--vm")), "machine");
+        kill_and_reap(&mut self.child);
     }
 }

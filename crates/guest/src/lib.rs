@@ -50,6 +50,7 @@
 
 pub mod accel;
 pub mod builder;
+pub mod contract;
 pub mod cpio;
 pub mod debian;
 pub mod definition;

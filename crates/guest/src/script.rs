@@ -20,15 +20,13 @@ use crate::definition::Node;
 /// `panic=1` with QEMU's `-no-reboot` turns a kernel panic into a QEMU exit.
 pub const BASE_KERNEL_PARAMS: &str = "console=tty0 console=ttyS0,115200n8 panic=1 loglevel=4";
 
-/// Quotes a string for POSIX shells (single quotes; `'` as `'"'"'`).
+/// Quotes a string for POSIX shells exactly as Python's `shlex.quote` does
+/// (the backdoor's [`vmrig_backdoor::shell_quote`], for `&str`).
 pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', r#"'"'"'"#))
+    let mut out = bytes::BytesMut::with_capacity(s.len() + 2);
+    vmrig_backdoor::shell_quote(s.as_bytes(), &mut out);
+    // The input was UTF-8 and quoting only adds ASCII, so this never replaces anything.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The files a start script boots.

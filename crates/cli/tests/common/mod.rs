@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rustix::process::Pid;
+pub use rustix::process::Signal;
+
 pub mod pty;
 
 /// A child process stopped when dropped (a failed test must not leave it and
@@ -20,19 +23,21 @@ impl Drop for Stopped {
         if !matches!(child.try_wait(), Ok(None)) {
             return;
         }
-        if let Ok(pid) = i32::try_from(child.id()) {
-            #[allow(unsafe_code)]
-            // SAFETY: kill(2) on our own child's (positive) pid has no memory effects.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        signal(child, Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// Sends `sig` to a child process.
+pub fn signal(child: &std::process::Child, sig: Signal) {
+    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 
