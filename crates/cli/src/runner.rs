@@ -506,7 +506,20 @@ fn spawn_preparers(
                 if tx.send(Event::Preparing(i)).is_err() {
                     break;
                 }
-                let result = prepare(&tests[i], *accel, *rerun);
+                // A panic must end this test, not leave the run waiting for it.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    prepare(&tests[i], *accel, *rerun)
+                }))
+                .unwrap_or_else(|panic| {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Prep::Failed(format!(
+                        "vmrig bug: preparing the test panicked ({why}); please report it"
+                    ))
+                });
                 if tx.send(Event::Prepared(i, result)).is_err() {
                     break;
                 }

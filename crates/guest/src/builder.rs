@@ -147,8 +147,11 @@ pub fn build_definition(def: Definition, out: &Path, opts: &BuildOptions) -> Res
         }
         bases.insert(flavour, (base, base_key, base_path));
     }
-    let probe_base = &bases.values().next().expect("a definition has nodes").0;
-    let (accel, accel_reason) = resolve_accel(opts, probe_base, &kernel_key)?;
+    let (accel, accel_reason) = match bases.values().next() {
+        Some((probe_base, ..)) => resolve_accel(opts, probe_base, &kernel_key)?,
+        // A driver-only test: nothing boots, nothing to probe.
+        None => (Accel::Tcg, "no nodes: nothing boots".to_owned()),
+    };
 
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin).context(|| format!("cannot create {}", bin.display()))?;

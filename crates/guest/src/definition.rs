@@ -171,6 +171,8 @@ pub enum FileContent {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefinition {
+    // None: a driver-only test (as NixOS allows `nodes = { }`).
+    #[serde(default)]
     nodes: BTreeMap<String, toml::Value>,
 }
 
@@ -272,13 +274,6 @@ impl Definition {
             field: field.to_owned(),
             message,
         };
-        if raw.nodes.is_empty() {
-            return Err(invalid(
-                None,
-                "nodes",
-                "defines no node: add a [nodes.<name>] table".into(),
-            ));
-        }
         if raw.nodes.len() > 254 {
             return Err(invalid(
                 None,
@@ -696,6 +691,14 @@ mod tests {
     }
 
     #[test]
+    fn no_nodes_is_a_driver_only_test() {
+        for text in ["", "nodes = {}"] {
+            let d = parse(text).unwrap();
+            assert!(d.nodes.is_empty() && d.hosts().is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn full_node() {
         let d = parse(
             r#"
@@ -766,7 +769,6 @@ mod tests {
     fn invalid_values() {
         assert!(error("[nodes.my_machine]").contains("not a valid hostname"));
         assert!(error("[nodes.-x]").contains("not a valid hostname"));
-        assert!(error("nodes = {}").contains("defines no node"));
         assert!(error("[nodes.a]\nvlans = [0]").contains("vlans[0]"));
         assert!(error("[nodes.a]\nvlans = [1, 1]").contains("listed twice"));
         assert!(error("[nodes.a]\nvlans = [300]").contains("out of range"));
