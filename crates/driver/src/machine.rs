@@ -18,6 +18,7 @@ use vmrig_qmp::{Client as Qmp, ImageFormat, Screendump, SetLink};
 
 use crate::console::Console;
 use crate::error::{Error, Result};
+use vmrig_guest::contract::StartContract;
 use vmrig_guest::script::sh_quote;
 
 /// NixOS's default for `execute` and every `wait_*`: 15 minutes.
@@ -205,10 +206,13 @@ impl Machine {
             .map_err(|e| io(&format!("cannot create {}", cfg.state_dir.display()), e))?;
         std::fs::create_dir_all(&cfg.shared_dir)
             .map_err(|e| io(&format!("cannot create {}", cfg.shared_dir.display()), e))?;
+        let mut contract = StartContract::new(cfg.name.as_str(), &cfg.state_dir, &cfg.shared_dir);
+        contract.vde_sockets.clone_from(&cfg.vde_sockets);
+        contract.allow_reboot = allow_reboot;
         let (monitor_path, shell_path, qmp_path) = (
-            cfg.state_dir.join("monitor"),
-            cfg.state_dir.join("shell"),
-            cfg.state_dir.join("qmp"),
+            contract.monitor_socket(),
+            contract.shell_socket(),
+            contract.qmp_socket(),
         );
         for p in [&monitor_path, &shell_path, &qmp_path] {
             let _ = std::fs::remove_file(p);
@@ -218,42 +222,11 @@ impl Machine {
         let shell_listener = UnixListener::bind(&shell_path)
             .map_err(|e| io(&format!("cannot listen on {}", shell_path.display()), e))?;
 
-        let mut cmd = tokio::process::Command::new(&cfg.start_script);
-        cmd.arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .arg("-monitor")
-            .arg(format!("unix:{}", monitor_path.display()))
-            .arg("-chardev")
-            .arg(format!("socket,id=shell,path={}", shell_path.display()))
-            .args([
-                "-device",
-                "virtio-serial",
-                "-device",
-                "virtconsole,chardev=shell",
-            ])
-            .args(["-device", "virtio-rng-pci", "-serial", "stdio"]);
-        if !allow_reboot {
-            cmd.arg("-no-reboot");
-        }
-        if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
-            cmd.arg("-nographic");
-        }
-        cmd.current_dir(&cfg.state_dir)
-            .env("TMPDIR", &cfg.state_dir)
-            .env("SHARED_DIR", &cfg.shared_dir)
-            .env("USE_TMPDIR", "1")
-            .env(
-                "NIX_EFI_VARS",
-                cfg.state_dir.join(format!("{}-efi-vars.fd", cfg.name)),
-            )
-            .stdin(std::process::Stdio::piped())
+        let mut cmd = tokio::process::Command::from(contract.command(&cfg.start_script));
+        cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
-        for (vlan, sock) in &cfg.vde_sockets {
-            cmd.env(format!("QEMU_VDE_SOCKET_{vlan}"), sock);
-        }
         let mut child = cmd
             .spawn()
             .map_err(|e| io(&format!("cannot run {}", cfg.start_script.display()), e))?;

@@ -36,9 +36,11 @@
 //! ```
 //!
 //! Building needs the host's kernel (`/boot/vmlinuz-*` with `/lib/modules`),
-//! `busybox-static` and `bash-static`: see [`builder::build`]. The [`harness`]
-//! module is a small synchronous runner for start scripts, for the
-//! end-to-end tests and the demo; the real orchestration is `vmrig-driver`'s.
+//! `busybox-static` and `bash-static`: see [`builder::build`]. How a driver
+//! runs a start script (its QEMU options and environment) is built in one
+//! place, [`contract`], for `vmrig-driver` and for the [`harness`] module, a
+//! small synchronous runner for start scripts used by the end-to-end tests
+//! and the demo; the real orchestration is `vmrig-driver`'s.
 //!
 //! Not here (yet): the `debian` flavour (systemd guests).
 
