@@ -1,5 +1,5 @@
 //! Driver figures against a real guest-kit guest under TCG, beside the NixOS
-//! driver's figures from shared/NIXOS-COMPAT.md (same kind of machine):
+//! driver's figures measured on the same kind of machine (docs/benchmarks.md):
 //! boot to first command, `succeed("true")` latency (median and p99 of 200),
 //! `execute("true")` with NixOS's default guest timeout, 1 MB and 10 MB of
 //! output, and the driver's peak RSS.

@@ -7,6 +7,7 @@ import datetime
 import socket
 from pathlib import Path
 
+from test_driver import logger
 from test_driver.errors import MachineError, RequestedAssertionFailed
 from test_driver.machine import Machine as MachineClass
 from test_driver.polling_condition import PollingConditionError
@@ -104,6 +105,11 @@ with subtest("waits"):
     retry(flag_is_there, timeout_seconds=30)
     assert tries[-1] is False and len(tries) >= 2
 
+with subtest("NixOS's logger module"):
+    logger.rootlog.info("a line through test_driver.logger.rootlog")
+    with logger.rootlog.nested("a section of rootlog"):
+        logger.rootlog.warning("a warning inside it")
+
 with subtest("polling conditions"):
 
     @polling_condition
@@ -111,8 +117,11 @@ with subtest("polling conditions"):
         "/tmp is writable"
         machine.succeed("touch /tmp/.probe")
 
+    assert tmp_is_writable.condition.description == "/tmp is writable"
     with tmp_is_writable:
         machine.succeed("true")
+        tmp_is_writable.wait(timeout=30)
+        assert tmp_is_writable.condition.check(force=True) is True
 
     @polling_condition(seconds_interval=0, description="a condition that never holds")
     def never():
@@ -127,6 +136,24 @@ with subtest("polling conditions"):
             assert not isinstance(e, AssertionError), repr(e)
         else:
             raise Exception("a failing polling condition did not stop the action")
+    assert never.condition.description == "a condition that never holds"
+    assert never.condition.check(force=True) is False
+    machine.succeed("true")
+
+with subtest("a bad duration is an error naming the argument"):
+    for bad in (-1, float("nan"), float("inf"), 10**400, datetime.timedelta(days=-1)):
+        try:
+            machine.wait_for_file("/etc/hostname", timeout=bad)
+        except ValueError as e:
+            assert "timeout=" in str(e), str(e)
+        else:
+            raise Exception(f"timeout={bad!r} was taken")
+    try:
+        machine.sleep(-3)
+    except ValueError as e:
+        assert "secs=-3" in str(e), str(e)
+    else:
+        raise Exception("sleep(-3) was taken")
     machine.succeed("true")
 
 with subtest("files between host and guest"):

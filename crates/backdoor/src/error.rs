@@ -113,6 +113,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A complete reply arrived for a command this session did not send or
+    /// no longer remembers. It was dropped.
+    #[error("dropping a reply to command #{nonce}, which this session did not send{}", match expected { Some(n) => format!(" (waiting for #{n})"), None => String::new() })]
+    UnexpectedReply {
+        /// The reply's nonce.
+        nonce: u64,
+        /// The command whose reply was awaited, if any.
+        expected: Option<u64>,
+    },
+
     /// Reading or writing the shell stream failed.
     #[error("i/o error on the backdoor shell: {0}")]
     Io(#[from] std::io::Error),

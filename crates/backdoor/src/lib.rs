@@ -89,7 +89,10 @@
 //! # Ok::<(), vmrig_backdoor::Error>(())
 //! ```
 //!
-//! With the `tokio` feature, [`Shell`] does the same over a stream:
+//! [`Session`] adds the nonce bookkeeping on top of the decoder: it numbers
+//! commands, hands out the reply to the awaited one and drops (and counts)
+//! everything else, still without I/O. With the `tokio` feature, [`Shell`]
+//! feeds a [`Session`] from a stream:
 //! `shell.wait_ready(t).await?` then `shell.run(&Command::new("true"), t).await?`.
 //!
 //! # Semantics kept from NixOS on purpose
@@ -113,6 +116,7 @@
 mod codec;
 mod command;
 mod error;
+mod session;
 
 #[cfg(feature = "tokio")]
 mod client;
@@ -122,3 +126,4 @@ pub use client::{Outcome, Shell};
 pub use codec::{write_reply, Decoder, DecoderConfig, Event, Reply, MAGIC};
 pub use command::{shell_quote, Command, STATUS_UNCHECKED_OUTPUT, STATUS_UNCHECKED_RETURN};
 pub use error::{Error, Result, Snippet, SNIPPET_MAX};
+pub use session::{Session, Update};

@@ -1,5 +1,10 @@
-//! The `vmrig` command line: argument parsing and output only; the work is
-//! done by the library crates.
+//! The `vmrig` command line: NixOS's driver command lines (`-c CONFIG`, or
+//! `--start-scripts`/`--vlans` and a test script), `vmrig run` (test
+//! directories run in parallel as child processes, with a result cache and CI
+//! partitions), `repl`, `cache`, `doctor`, `guest build` and `vde-switch`.
+//! Guests, machines, the Python API and the switch come from the library
+//! crates; this crate parses arguments, plans runs and reports on them.
+//! docs/cli.md in the repository is the reference.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

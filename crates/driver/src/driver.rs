@@ -378,8 +378,8 @@ impl Driver {
 
     /// Adds a polling condition (checked before machine actions) until the
     /// returned guard is dropped (NixOS's `with polling_condition(...)`).
-    pub fn polling_condition(&self, condition: PollingCondition) -> ConditionGuard {
-        let condition = Arc::new(condition);
+    pub fn polling_condition(&self, condition: impl Into<Arc<PollingCondition>>) -> ConditionGuard {
+        let condition = condition.into();
         self.conditions
             .lock()
             .expect("conditions lock")

@@ -41,6 +41,13 @@ pub enum Error {
         /// The last console lines.
         console: String,
     },
+    /// A polling condition did not hold before a machine action (NixOS's
+    /// `PollingConditionError`: not an assertion).
+    #[error("Polling condition failed: {description}")]
+    PollingCondition {
+        /// The condition's description.
+        description: String,
+    },
     /// The driver could not be set up (state directory, switch, bad input).
     #[error("{0}")]
     Setup(String),

@@ -4,10 +4,11 @@
 //! The driver creates a private 0700 run directory, starts one in-process
 //! VDE switch ([`vmrig_vde_net`]) per VLAN, and for each machine runs its
 //! start script the way NixOS's driver does (the same appended QEMU options and
-//! environment, see `shared/DESIGN.md`), talks to the guest's backdoor shell
-//! with one round trip per command ([`vmrig_backdoor`]) and to QEMU over QMP
-//! ([`vmrig_qmp`]) and the HMP monitor. Dropping the driver kills every QEMU
-//! process group and switch and removes the run directory.
+//! environment, see `docs/architecture.md` in the repository), talks to the
+//! guest's backdoor shell with one round trip per command ([`vmrig_backdoor`])
+//! and to QEMU over QMP ([`vmrig_qmp`]) and the HMP monitor. Dropping the
+//! driver kills every QEMU process group and switch and removes the run
+//! directory.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,12 +27,16 @@
 //! Machine methods block (as NixOS's do) on the driver's own tokio runtime:
 //! call them from ordinary threads, not from async code.
 //!
-//! Status: the first part of the driver issue. Lifecycle, the `execute`
-//! family, waits, console, monitor, keys, QMP screenshots and events, links,
-//! port forwarding, file copies, and the command-based systemd, TTY and X11
-//! helpers, subtests with a JUnit report and the global-timeout watchdog
-//! work; polling conditions, OCR, link faults and capture from scripts,
-//! `create_machine` and signal handling are still to come.
+//! What is here: every `Machine` operation of NixOS's driver (lifecycle, the
+//! `execute` family, waits, console, monitor, keys, screenshots and OCR, QMP
+//! events, `block`/`unblock`, port forwarding, file copies, systemd, TTY and
+//! X11 helpers), [`Driver::create_machine`], polling conditions
+//! ([`Driver::polling_condition`]), nested subtests with a JUnit report, the
+//! terminal log and NixOS's XML log ([`log`], [`xml_log`]), the global-timeout
+//! watchdog, and SIGINT/SIGTERM handling ([`DriverOptions::handle_signals`]).
+//! Beyond NixOS: link faults, partitions and pcap capture on the VLANs
+//! ([`Machine::set_loss`], [`VLan::partition`], [`VLan::start_capture`], ...),
+//! from Rust only. The Python API is `vmrig-pyshim`'s, on top of this crate.
 
 mod console;
 mod driver;

@@ -8,7 +8,7 @@
 //! next call on that machine waits for it). The worker enters the caller's
 //! current log section, so the call's log lines nest as if made in place.
 
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyRuntimeError;
@@ -25,14 +25,14 @@ struct InFlight;
 
 impl InFlight {
     fn start() -> InFlight {
-        *IN_FLIGHT.0.lock().expect("in-flight lock") += 1;
+        *IN_FLIGHT.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        *IN_FLIGHT.0.lock().expect("in-flight lock") -= 1;
+        *IN_FLIGHT.0.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
         IN_FLIGHT.1.notify_all();
     }
 }
@@ -42,14 +42,18 @@ impl Drop for InFlight {
 /// must end before the driver's runtime goes away under them.
 pub(crate) fn settle(timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    let mut n = IN_FLIGHT.0.lock().expect("in-flight lock");
+    let mut n = IN_FLIGHT.0.lock().unwrap_or_else(PoisonError::into_inner);
     while *n > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             tracing::warn!("{} interrupted call(s) still running at exit", *n);
             return;
         }
-        n = IN_FLIGHT.1.wait_timeout(n, left).expect("in-flight lock").0;
+        n = IN_FLIGHT
+            .1
+            .wait_timeout(n, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 

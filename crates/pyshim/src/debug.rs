@@ -25,14 +25,19 @@ impl Marker {
     fn pid(&self) -> Option<u32> {
         self.child
             .lock()
-            .expect("marker lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .as_ref()
             .map(Child::id)
     }
 
     /// Kills and reaps the sleep. Idempotent.
     fn stop(&self) {
-        if let Some(mut child) = self.child.lock().expect("marker lock").take() {
+        if let Some(mut child) = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -22,7 +22,9 @@
 //! `pip install ./crates/pyshim`), the same module is `import vmrig` for
 //! tests written as plain Python programs (`vmrig.Driver`).
 //!
-//! Not supported: the SSH backdoor (`dump_machine_ssh`), containers.
+//! Not supported: the SSH backdoor (`dump_machine_ssh`), containers. Every
+//! other difference from NixOS's API is listed in `docs/compatibility.md` in
+//! the repository.
 
 mod blocking;
 mod debug;
@@ -38,14 +40,66 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 use vmrig_driver::Driver;
 
-const PRELUDE: &std::ffi::CStr = pyo3::ffi::c_str!(include_str!("prelude.py"));
+/// The prelude package's modules (`vmrig_prelude` and its submodules), in
+/// the binary: a test run needs no Python files on disk.
+const PRELUDE: &[(&str, &str)] = &[
+    ("vmrig_prelude", include_str!("vmrig_prelude/__init__.py")),
+    (
+        "vmrig_prelude.debug",
+        include_str!("vmrig_prelude/debug.py"),
+    ),
+    (
+        "vmrig_prelude.driver",
+        include_str!("vmrig_prelude/driver.py"),
+    ),
+    (
+        "vmrig_prelude.durations",
+        include_str!("vmrig_prelude/durations.py"),
+    ),
+    (
+        "vmrig_prelude.errors",
+        include_str!("vmrig_prelude/errors.py"),
+    ),
+    (
+        "vmrig_prelude.logger",
+        include_str!("vmrig_prelude/logger.py"),
+    ),
+    (
+        "vmrig_prelude.machine",
+        include_str!("vmrig_prelude/machine.py"),
+    ),
+    ("vmrig_prelude.main", include_str!("vmrig_prelude/main.py")),
+    (
+        "vmrig_prelude.polling",
+        include_str!("vmrig_prelude/polling.py"),
+    ),
+    ("vmrig_prelude.repl", include_str!("vmrig_prelude/repl.py")),
+    (
+        "vmrig_prelude.script",
+        include_str!("vmrig_prelude/script.py"),
+    ),
+];
 
-/// The prelude module, executed once per interpreter.
+/// Serves [`PRELUDE`] to Python's import system.
+const LOADER: &std::ffi::CStr = pyo3::ffi::c_str!(include_str!("loader.py"));
+
+/// The prelude package, imported once per interpreter.
 pub(crate) fn prelude(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
     if let Ok(m) = py.import("vmrig_prelude") {
         return Ok(m);
     }
-    PyModule::from_code(py, PRELUDE, c"vmrig_prelude.py", c"vmrig_prelude")
+    let loader = PyModule::from_code(
+        py,
+        LOADER,
+        c"<vmrig>/vmrig_prelude_loader.py",
+        c"vmrig_prelude_loader",
+    )?;
+    let sources = PyDict::new(py);
+    for (name, source) in PRELUDE {
+        sources.set_item(name, source)?;
+    }
+    loader.call_method1("install", (sources,))?;
+    py.import("vmrig_prelude")
 }
 
 /// How to run a test script (see [`run`]); the defaults run it once.

@@ -1,27 +1,32 @@
 //! The native module `_vmrig`: thin classes over the Rust driver. Python's
-//! names, keyword arguments and defaults live in the prelude (`prelude.py`);
+//! names, keyword arguments and defaults live in the prelude (the `vmrig_prelude` package);
 //! this layer converts values and errors, and releases the GIL while the
 //! driver blocks.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use vmrig_driver::{Driver, Error, Machine, SubtestResult};
+use vmrig_driver::{ConditionGuard, Driver, Error, Machine, PollingCondition, SubtestResult};
 
 /// Turns a driver error into NixOS's exception: assertion failures and
-/// timeouts of waits are `RequestedAssertionFailed`, the rest `MachineError`.
+/// timeouts of waits are `RequestedAssertionFailed`, a polling condition that
+/// does not hold `PollingConditionError`, the rest `MachineError`.
 pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
-    let class = if matches!(e, Error::Assertion { .. } | Error::Timeout { .. }) {
-        "RequestedAssertionFailed"
-    } else {
-        "MachineError"
+    let (module, class) = match e {
+        Error::Assertion { .. } | Error::Timeout { .. } => {
+            ("test_driver.errors", "RequestedAssertionFailed")
+        }
+        Error::PollingCondition { .. } => {
+            ("test_driver.polling_condition", "PollingConditionError")
+        }
+        _ => ("test_driver.errors", "MachineError"),
     };
     match py
-        .import("test_driver.errors")
+        .import(module)
         .and_then(|m| m.getattr(class))
         .and_then(|c| c.call1((e.to_string(),)))
     {
@@ -30,8 +35,25 @@ pub(crate) fn to_py(py: Python<'_>, e: Error) -> PyErr {
     }
 }
 
-fn secs(s: Option<f64>) -> Option<Duration> {
-    s.map(|s| Duration::from_secs_f64(s.max(0.0)))
+/// The longest duration a script may ask for: a year. Longer ones are typos
+/// (or `float("inf")`), and would overflow the clock arithmetic below.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A duration argument from Python, or a `ValueError` naming the argument:
+/// never a panic on a negative, NaN, infinite or huge number.
+pub(crate) fn duration(name: &str, s: f64) -> PyResult<Duration> {
+    if s.is_finite() && (0.0..=MAX_SECONDS).contains(&s) {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{name}={s}: expected a number of seconds from 0 to {MAX_SECONDS:.0} (a year)"
+        )))
+    }
+}
+
+/// As [`duration`], for an optional argument.
+fn secs(name: &str, s: Option<f64>) -> PyResult<Option<Duration>> {
+    s.map(|s| duration(name, s)).transpose()
 }
 
 /// One machine (wrapped by `Machine` in the prelude).
@@ -98,11 +120,12 @@ impl PyMachine {
         check_output: bool,
         timeout: Option<f64>,
     ) -> PyResult<(i32, String)> {
+        let timeout = secs("timeout", timeout)?;
         blocking!(py, self, |m| m.execute(
             &command,
             check_return,
             check_output,
-            secs(timeout)
+            timeout
         ))
     }
     #[pyo3(signature = (commands, timeout))]
@@ -112,9 +135,10 @@ impl PyMachine {
         commands: Vec<String>,
         timeout: Option<f64>,
     ) -> PyResult<String> {
+        let timeout = secs("timeout", timeout)?;
         blocking!(py, self, |m| m.succeed(
             &commands.iter().map(String::as_str).collect::<Vec<_>>(),
-            secs(timeout)
+            timeout
         ))
     }
     #[pyo3(signature = (commands, timeout))]
@@ -124,9 +148,10 @@ impl PyMachine {
         commands: Vec<String>,
         timeout: Option<f64>,
     ) -> PyResult<String> {
+        let timeout = secs("timeout", timeout)?;
         blocking!(py, self, |m| m.fail(
             &commands.iter().map(String::as_str).collect::<Vec<_>>(),
-            secs(timeout)
+            timeout
         ))
     }
     fn wait_until_succeeds(
@@ -135,12 +160,12 @@ impl PyMachine {
         command: String,
         timeout: f64,
     ) -> PyResult<String> {
-        blocking!(py, self, |m| m
-            .wait_until_succeeds(&command, Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_until_succeeds(&command, timeout))
     }
     fn wait_until_fails(&self, py: Python<'_>, command: String, timeout: f64) -> PyResult<String> {
-        blocking!(py, self, |m| m
-            .wait_until_fails(&command, Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_until_fails(&command, timeout))
     }
     #[pyo3(signature = (q, user))]
     fn systemctl(
@@ -159,10 +184,11 @@ impl PyMachine {
         user: Option<String>,
         timeout: f64,
     ) -> PyResult<()> {
+        let timeout = duration("timeout", timeout)?;
         blocking!(py, self, |m| m.wait_for_unit(
             &unit,
             user.as_deref(),
-            Duration::from_secs_f64(timeout)
+            timeout
         ))
     }
     #[pyo3(signature = (unit, user))]
@@ -210,8 +236,8 @@ impl PyMachine {
         blocking!(py, self, |m| m.stop_job(&unit, user.as_deref()))
     }
     fn wait_for_file(&self, py: Python<'_>, path: String, timeout: f64) -> PyResult<()> {
-        blocking!(py, self, |m| m
-            .wait_for_file(&path, Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_file(&path, timeout))
     }
     fn wait_for_open_port(
         &self,
@@ -220,11 +246,8 @@ impl PyMachine {
         addr: String,
         timeout: f64,
     ) -> PyResult<()> {
-        blocking!(py, self, |m| m.wait_for_open_port(
-            port,
-            &addr,
-            Duration::from_secs_f64(timeout)
-        ))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_open_port(port, &addr, timeout))
     }
     fn wait_for_closed_port(
         &self,
@@ -233,11 +256,8 @@ impl PyMachine {
         addr: String,
         timeout: f64,
     ) -> PyResult<()> {
-        blocking!(py, self, |m| m.wait_for_closed_port(
-            port,
-            &addr,
-            Duration::from_secs_f64(timeout)
-        ))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_closed_port(port, &addr, timeout))
     }
     fn wait_for_open_unix_socket(
         &self,
@@ -246,10 +266,11 @@ impl PyMachine {
         is_datagram: bool,
         timeout: f64,
     ) -> PyResult<()> {
+        let timeout = duration("timeout", timeout)?;
         blocking!(py, self, |m| m.wait_for_open_unix_socket(
             &addr,
             is_datagram,
-            Duration::from_secs_f64(timeout)
+            timeout
         ))
     }
     fn get_tty_text(&self, py: Python<'_>, tty: String) -> PyResult<String> {
@@ -262,22 +283,22 @@ impl PyMachine {
         regexp: String,
         timeout: f64,
     ) -> PyResult<()> {
-        blocking!(py, self, |m| m.wait_until_tty_matches(
-            &tty,
-            &regexp,
-            Duration::from_secs_f64(timeout)
-        ))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m
+            .wait_until_tty_matches(&tty, &regexp, timeout))
     }
     fn dump_tty_contents(&self, py: Python<'_>, tty: String) -> PyResult<()> {
         blocking!(py, self, |m| m.dump_tty_contents(&tty))
     }
     #[pyo3(signature = (key, delay))]
     fn send_key(&self, py: Python<'_>, key: String, delay: Option<f64>) -> PyResult<()> {
-        blocking!(py, self, |m| m.send_key(&key, secs(delay)))
+        let delay = secs("delay", delay)?;
+        blocking!(py, self, |m| m.send_key(&key, delay))
     }
     #[pyo3(signature = (chars, delay))]
     fn send_chars(&self, py: Python<'_>, chars: String, delay: Option<f64>) -> PyResult<()> {
-        blocking!(py, self, |m| m.send_chars(&chars, secs(delay)))
+        let delay = secs("delay", delay)?;
+        blocking!(py, self, |m| m.send_chars(&chars, delay))
     }
     fn send_console(&self, py: Python<'_>, chars: String) -> PyResult<()> {
         blocking!(py, self, |m| m.send_console(&chars))
@@ -295,8 +316,8 @@ impl PyMachine {
         blocking!(py, self, |m| m.get_screen_text_variants())
     }
     fn wait_for_text(&self, py: Python<'_>, regex: String, timeout: f64) -> PyResult<()> {
-        blocking!(py, self, |m| m
-            .wait_for_text(&regex, Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_text(&regex, timeout))
     }
     #[pyo3(signature = (regex, timeout))]
     fn wait_for_console_text(
@@ -305,20 +326,22 @@ impl PyMachine {
         regex: String,
         timeout: Option<f64>,
     ) -> PyResult<String> {
-        blocking!(py, self, |m| m.wait_for_console_text(&regex, secs(timeout)))
+        let timeout = secs("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_console_text(&regex, timeout))
     }
     fn get_console_log(&self) -> String {
         self.m.console_log()
     }
     fn wait_for_x(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
-        blocking!(py, self, |m| m.wait_for_x(Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_x(timeout))
     }
     fn get_window_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         blocking!(py, self, |m| m.get_window_names())
     }
     fn wait_for_window(&self, py: Python<'_>, regexp: String, timeout: f64) -> PyResult<()> {
-        blocking!(py, self, |m| m
-            .wait_for_window(&regexp, Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_window(&regexp, timeout))
     }
     fn forward_port(&self, py: Python<'_>, host_port: u16, guest_port: u16) -> PyResult<()> {
         blocking!(py, self, |m| m.forward_port(host_port, guest_port))
@@ -358,8 +381,8 @@ impl PyMachine {
         blocking!(py, self, |m| m.reboot())
     }
     fn wait_for_shutdown(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
-        blocking!(py, self, |m| m
-            .wait_for_shutdown(Duration::from_secs_f64(timeout)))
+        let timeout = duration("timeout", timeout)?;
+        blocking!(py, self, |m| m.wait_for_shutdown(timeout))
     }
     fn switch_root(&self, py: Python<'_>) -> PyResult<()> {
         blocking!(py, self, |m| m.switch_root())
@@ -384,6 +407,7 @@ impl PyMachine {
     ) -> PyResult<PyObject> {
         let m = self.m.clone();
         let filter = Arc::new(filter);
+        let timeout = duration("timeout", timeout)?;
         let event = crate::blocking::interruptible(py, self.m.name(), move || {
             m.wait_for_qmp_event(
                 |e| {
@@ -402,7 +426,7 @@ impl PyMachine {
                             .unwrap_or(false)
                     })
                 },
-                Duration::from_secs_f64(timeout),
+                timeout,
             )
         })?
         .map_err(|e| to_py(py, e))?;
@@ -453,7 +477,7 @@ impl PyDriver {
         }
         opts.keep_state = get(options, "keep_machine_state")?.unwrap_or(false);
         if let Some(t) = get::<f64>(options, "global_timeout")? {
-            opts.global_timeout = Duration::from_secs_f64(t.max(0.0));
+            opts.global_timeout = duration("global_timeout", t)?;
         }
         opts.tmp_dir = get(options, "tmp_dir")?;
         opts.handle_signals = false;
@@ -528,12 +552,80 @@ impl PyDriver {
     fn record_subtest(&self, name: String, seconds: f64, failure: Option<String>) {
         self.driver.record_subtest(SubtestResult {
             name,
-            duration: Duration::from_secs_f64(seconds.max(0.0)),
+            duration: duration("seconds", seconds).unwrap_or_default(),
             failure,
         });
     }
-    fn serial_stdout(&self, on: bool) {
-        vmrig_driver::log::set_serial_stdout(on);
+}
+
+/// A polling condition (wrapped by the prelude's `PollingCondition`): the
+/// driver's, whose check calls the Python function. The driver runs it before
+/// machine actions while it is entered.
+#[pyclass(name = "_PollingCondition", module = "_vmrig", frozen)]
+pub struct PyPollingCondition {
+    condition: Arc<PollingCondition>,
+    /// One per `with` level, innermost last.
+    guards: Mutex<Vec<ConditionGuard>>,
+}
+
+#[pymethods]
+impl PyPollingCondition {
+    #[new]
+    fn new(function: PyObject, seconds_interval: f64, description: String) -> PyResult<Self> {
+        let interval = duration("seconds_interval", seconds_interval)?;
+        // NixOS: `None` or a true value holds; an exception does not.
+        let check = move || {
+            Python::with_gil(|py| match function.call0(py) {
+                Ok(r) => Ok(r.is_none(py) || r.is_truthy(py).unwrap_or(false)),
+                Err(e) => {
+                    tracing::debug!("the condition raised {e}");
+                    Ok(false)
+                }
+            })
+        };
+        Ok(PyPollingCondition {
+            condition: Arc::new(PollingCondition::new(
+                description,
+                interval,
+                Box::new(check),
+            )),
+            guards: Mutex::new(Vec::new()),
+        })
+    }
+    /// Runs the condition if it is overdue (or `force`); whether it holds.
+    #[pyo3(signature = (force=false))]
+    fn check(&self, py: Python<'_>, force: bool) -> bool {
+        let c = self.condition.clone();
+        py.allow_threads(move || c.holds(force))
+    }
+    /// As `check`, but raises `PollingConditionError` when it does not hold.
+    fn maybe_raise(&self, py: Python<'_>) -> PyResult<()> {
+        let c = self.condition.clone();
+        py.allow_threads(move || c.check(false))
+            .map_err(|e| to_py(py, e))
+    }
+    fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = duration("timeout", timeout)?;
+        let c = self.condition.clone();
+        crate::blocking::interruptible(py, "polling condition", move || c.wait(timeout))?
+            .map_err(|e| to_py(py, e))
+    }
+    fn status_message(&self, status: bool) -> String {
+        self.condition.status_message(status)
+    }
+    /// Puts the condition in force on `driver` until [`Self::exit`].
+    fn enter(&self, driver: &PyDriver) {
+        let guard = driver.driver.polling_condition(self.condition.clone());
+        self.guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(guard);
+    }
+    fn exit(&self) {
+        self.guards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
     }
 }
 
@@ -573,6 +665,12 @@ fn section_exit() {
     }
 }
 
+/// Turns printing the machines' serial consoles on the terminal on or off.
+#[pyfunction]
+fn serial_stdout(on: bool) {
+    vmrig_driver::log::set_serial_stdout(on);
+}
+
 /// Prints one line of a test failure the NixOS way (`!!! LINE`), in the
 /// XML log too.
 #[pyfunction]
@@ -591,12 +689,34 @@ fn prelude(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
 pub fn _vmrig(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMachine>()?;
     m.add_class::<PyDriver>()?;
+    m.add_class::<PyPollingCondition>()?;
     m.add_class::<crate::debug::Marker>()?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
     m.add_function(wrap_pyfunction!(log_test_error, m)?)?;
+    m.add_function(wrap_pyfunction!(serial_stdout, m)?)?;
     m.add_function(wrap_pyfunction!(section_enter, m)?)?;
     m.add_function(wrap_pyfunction!(section_exit, m)?)?;
     m.add_function(wrap_pyfunction!(prelude, m)?)?;
     m.add_function(wrap_pyfunction!(crate::debug::debug_marker, m)?)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_from_python_are_checked_not_panicking() {
+        assert_eq!(
+            duration("timeout", 1.5).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(duration("timeout", 0.0).unwrap(), Duration::ZERO);
+        for bad in [-1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e300] {
+            let e = duration("timeout", bad).unwrap_err();
+            assert!(e.to_string().contains("timeout="), "{e}");
+        }
+        assert_eq!(secs("delay", None).unwrap(), None);
+        assert!(secs("delay", Some(-0.5)).is_err());
+    }
 }

@@ -1,32 +1,31 @@
 //! The async tokio client: a unix socket, one reader task and one writer task
-//! around the sans-IO [`Codec`].
+//! feeding the sans-IO [`Session`].
 //!
-//! Commands from any number of tasks are tagged with distinct numeric ids and
-//! matched to their responses; events go into a bounded queue. When the socket
-//! closes (QEMU exited, was killed, or ran `quit`), every command in flight and
-//! every later call fails at once with [`Error::Disconnected`].
+//! The session does the protocol (negotiation, ids, the event queue); this module
+//! only moves bytes between it and the socket, wakes the tasks that wait for an
+//! answer or an event, and bounds waits with timers. When the socket closes (QEMU
+//! exited, was killed, or ran `quit`), every command in flight and every later
+//! call fails at once with [`Error::Disconnected`].
 
-use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::codec::{Codec, DEFAULT_MAX_MESSAGE_SIZE};
-use crate::command::{Command, Execute, QmpCapabilities};
+use crate::codec::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::command::{Command, Execute};
 use crate::error::{Error, Result};
-use crate::message::{Event, Greeting, Message, QmpError, Response};
+use crate::message::{Event, Greeting};
+use crate::session::{Session, SessionConfig};
 
 /// How a [`Client`] connects and behaves; start from `ClientOptions::default()`.
 #[derive(Debug, Clone)]
@@ -92,8 +91,6 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     shared: Arc<Shared>,
-    outgoing: mpsc::UnboundedSender<Bytes>,
-    next_id: AtomicU64,
     greeting: Greeting,
     command_timeout: Option<Duration>,
     tasks: [JoinHandle<()>; 2],
@@ -107,31 +104,21 @@ impl Drop for Inner {
     }
 }
 
-type Outcome = Result<Box<RawValue>, QmpError>;
-
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
-    state: Mutex<State>,
-    /// Woken whenever an event is queued or the connection closes.
-    events_changed: Notify,
-}
-
-#[derive(Debug)]
-struct State {
-    pending: HashMap<u64, oneshot::Sender<Outcome>>,
-    events: VecDeque<Event>,
-    event_capacity: usize,
-    dropped_events: u64,
-    /// Why the connection closed, once it has.
-    closed: Option<String>,
+    session: Mutex<Session>,
+    /// Woken whenever an answer or event comes in or the connection closes.
+    changed: Notify,
+    /// Woken when the session has bytes to send (or closed).
+    transmit: Notify,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves the state consistent (every
-        // critical section is a few container operations), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Session> {
+        // A panic while holding this lock leaves the session consistent (every
+        // critical section is one session call), so poisoning is ignored.
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn disconnected(&self, what: String, reason: &str) -> Error {
@@ -142,55 +129,26 @@ impl Shared {
         }
     }
 
-    /// Marks the connection closed and fails every command in flight.
+    /// Marks the connection closed, which fails every command in flight.
     fn close(&self, reason: String) {
-        let mut state = self.lock();
-        if state.closed.is_none() {
+        let mut session = self.lock();
+        if session.closed_reason().is_none() {
             tracing::debug!(path = %self.path.display(), %reason, "qmp connection closed");
-            state.closed = Some(reason);
         }
-        // Dropping the senders wakes every waiter, which then reads `closed`.
-        state.pending.clear();
-        drop(state);
-        self.events_changed.notify_waiters();
+        session.close(reason);
+        drop(session);
+        self.changed.notify_waiters();
+        self.transmit.notify_one();
     }
 
-    fn dispatch(&self, message: Message) {
-        match message {
-            Message::Response(Response { id, outcome }) => {
-                let sender = id
-                    .as_ref()
-                    .and_then(Value::as_u64)
-                    .and_then(|id| self.lock().pending.remove(&id));
-                match sender {
-                    // The receiver may be gone (caller timed out or was cancelled).
-                    Some(sender) => drop(sender.send(outcome)),
-                    None => {
-                        let err = Error::UnmatchedId {
-                            id: id.map_or_else(|| "none".to_owned(), |v| v.to_string()),
-                        };
-                        tracing::warn!(path = %self.path.display(), "{err}");
-                    }
-                }
-            }
-            Message::Event(event) => {
-                let mut state = self.lock();
-                if state.events.len() >= state.event_capacity {
-                    state.events.pop_front();
-                    state.dropped_events += 1;
-                }
-                state.events.push_back(event);
-                drop(state);
-                self.events_changed.notify_waiters();
-            }
-            Message::Greeting(_) => {
-                tracing::warn!(path = %self.path.display(), "ignoring a second qmp greeting");
-            }
+    fn log_warnings(&self, session: &mut Session) {
+        while let Some(warning) = session.poll_warning() {
+            tracing::warn!(path = %self.path.display(), "skipping qmp input: {warning}");
         }
     }
 }
 
-/// Removes a command's pending entry if its caller gives up (timeout, cancellation).
+/// Cancels a command in the session if its caller gives up (timeout, cancellation).
 struct PendingGuard<'a> {
     shared: &'a Shared,
     id: u64,
@@ -198,7 +156,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared.lock().pending.remove(&self.id);
+        self.shared.lock().cancel(self.id);
     }
 }
 
@@ -232,61 +190,61 @@ impl Client {
                 Err(source) => return Err(Error::Connect { path, source }),
             }
         };
-        let (mut read, write) = stream.into_split();
-        let mut codec = Codec::with_max_message_size(options.max_message_size);
-        let mut buf = BytesMut::with_capacity(8192);
+        let (mut read, mut write) = stream.into_split();
+        let mut session = Session::with_config(
+            SessionConfig::default()
+                .event_capacity(options.event_capacity)
+                .max_message_size(options.max_message_size),
+        );
         let negotiation = |reason: String| Error::Negotiation {
             path: path.clone(),
             reason,
         };
-        let greeting = loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(Message::Greeting(g))) => break g,
-                Ok(Some(other)) => {
-                    return Err(negotiation(format!(
-                        "expected the greeting first, got {}",
-                        other.to_value()
-                    )))
+        // The handshake runs here, before the tasks exist: the session sends
+        // `qmp_capabilities` itself once the greeting is in.
+        let mut buf = vec![0u8; 8192];
+        while !session.is_ready() {
+            while let Some(bytes) = session.poll_transmit() {
+                if let Err(source) = write.write_all(&bytes).await {
+                    return Err(Error::Io { path, source });
                 }
-                Ok(None) => {}
-                Err(e) => return Err(negotiation(format!("bad greeting: {e}"))),
             }
-            match read.read_buf(&mut buf).await {
-                Ok(0) => return Err(negotiation("socket closed before the greeting".into())),
-                Ok(_) => {}
+            let n = match read.read(&mut buf).await {
+                Ok(0) if session.greeting().is_none() => {
+                    return Err(negotiation("socket closed before the greeting".into()))
+                }
+                Ok(0) => return Err(negotiation("socket closed during negotiation".into())),
+                Ok(n) => n,
                 Err(source) => return Err(Error::Io { path, source }),
-            }
+            };
+            session.handle_input(&buf[..n]).map_err(|e| match e {
+                Error::Handshake { reason } => negotiation(reason),
+                other => other,
+            })?;
+        }
+        let Some(greeting) = session.greeting().cloned() else {
+            return Err(negotiation("negotiated without a greeting".into()));
         };
 
         let shared = Arc::new(Shared {
-            path: path.clone(),
-            state: Mutex::new(State {
-                pending: HashMap::new(),
-                events: VecDeque::new(),
-                event_capacity: options.event_capacity.max(1),
-                dropped_events: 0,
-                closed: None,
-            }),
-            events_changed: Notify::new(),
+            path,
+            session: Mutex::new(session),
+            changed: Notify::new(),
+            transmit: Notify::new(),
         });
-        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(shared.clone(), read, codec, buf));
-        let writer = tokio::spawn(write_loop(shared.clone(), write, outgoing_rx));
-        let client = Client {
+        // Commands may have been held during the handshake (none here, but the
+        // writer looks at once anyway).
+        shared.transmit.notify_one();
+        let reader = tokio::spawn(read_loop(shared.clone(), read));
+        let writer = tokio::spawn(write_loop(shared.clone(), write));
+        Ok(Client {
             inner: Arc::new(Inner {
                 shared,
-                outgoing,
-                next_id: AtomicU64::new(1),
                 greeting,
                 command_timeout: options.command_timeout,
                 tasks: [reader, writer],
             }),
-        };
-        client
-            .execute(QmpCapabilities::default())
-            .await
-            .map_err(|e| negotiation(format!("qmp_capabilities: {e}")))?;
-        Ok(client)
+        })
     }
 
     /// QEMU's greeting (version, offered capabilities).
@@ -301,7 +259,7 @@ impl Client {
 
     /// Why the connection closed, or `None` while it is open.
     pub fn closed_reason(&self) -> Option<String> {
-        self.inner.shared.lock().closed.clone()
+        self.inner.shared.lock().closed_reason().map(str::to_owned)
     }
 
     /// Runs a typed command and decodes its return value.
@@ -346,27 +304,32 @@ impl Client {
         arguments: &A,
     ) -> Result<Box<RawValue>> {
         let shared = &*self.inner.shared;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = BytesMut::new();
-        Codec::new().encode_command(name, arguments, Some(id), &mut buf)?;
         let what = || format!("command `{name}`");
-
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut state = shared.lock();
-            if let Some(reason) = &state.closed {
-                return Err(shared.disconnected(what(), reason));
-            }
-            state.pending.insert(id, tx);
-        }
+        let closed = |e: Error| match e {
+            Error::Closed { reason } => shared.disconnected(what(), &reason),
+            other => other,
+        };
+        let id = shared
+            .lock()
+            .send_command(name, arguments)
+            .map_err(closed)?;
         let _guard = PendingGuard { shared, id };
-        if self.inner.outgoing.send(buf.freeze()).is_err() {
-            let reason = shared.lock().closed.clone();
-            return Err(shared.disconnected(what(), reason.as_deref().unwrap_or("writer stopped")));
-        }
+        shared.transmit.notify_one();
+        let answer = async {
+            loop {
+                let notified = shared.changed.notified();
+                tokio::pin!(notified);
+                // Register before looking, so an answer filed in between still wakes us.
+                notified.as_mut().enable();
+                if let Some(answer) = shared.lock().take_response(id) {
+                    return answer;
+                }
+                notified.await;
+            }
+        };
         let answer = match self.inner.command_timeout {
-            None => rx.await,
-            Some(timeout) => match tokio::time::timeout(timeout, rx).await {
+            None => answer.await,
+            Some(timeout) => match tokio::time::timeout(timeout, answer).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     return Err(Error::CommandTimeout {
@@ -376,28 +339,17 @@ impl Client {
                 }
             },
         };
-        match answer {
-            Ok(Ok(ret)) => Ok(ret),
-            Ok(Err(QmpError { class, desc })) => Err(Error::Command {
-                command: name.to_owned(),
-                class,
-                desc,
-            }),
-            Err(_closed) => {
-                let reason = shared.lock().closed.clone();
-                Err(shared.disconnected(what(), reason.as_deref().unwrap_or("connection lost")))
-            }
-        }
+        answer.map_err(closed)
     }
 
     /// Number of events dropped because the queue was full (oldest first).
     pub fn dropped_events(&self) -> u64 {
-        self.inner.shared.lock().dropped_events
+        self.inner.shared.lock().dropped_events()
     }
 
     /// Takes every queued event, oldest first.
     pub fn take_events(&self) -> Vec<Event> {
-        self.inner.shared.lock().events.drain(..).collect()
+        self.inner.shared.lock().take_events()
     }
 
     /// Waits up to `timeout` for the next event and takes it off the queue.
@@ -418,18 +370,18 @@ impl Client {
         let shared = &*self.inner.shared;
         let deadline = Instant::now() + timeout;
         loop {
-            let notified = shared.events_changed.notified();
+            let notified = shared.changed.notified();
             tokio::pin!(notified);
             // Register before looking, so an event queued in between still wakes us.
             notified.as_mut().enable();
             {
-                let mut state = shared.lock();
-                while let Some(event) = state.events.pop_front() {
+                let mut session = shared.lock();
+                while let Some(event) = session.poll_event() {
                     if filter(&event) {
                         return Ok(event);
                     }
                 }
-                if let Some(reason) = &state.closed {
+                if let Some(reason) = session.closed_reason() {
                     return Err(shared.disconnected("wait for event".into(), reason));
                 }
             }
@@ -440,40 +392,40 @@ impl Client {
     }
 }
 
-async fn read_loop(
-    shared: Arc<Shared>,
-    mut read: OwnedReadHalf,
-    mut codec: Codec,
-    mut buf: BytesMut,
-) {
+async fn read_loop(shared: Arc<Shared>, mut read: OwnedReadHalf) {
+    let mut buf = vec![0u8; 16384];
     loop {
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(message)) => shared.dispatch(message),
-                Ok(None) => break,
-                Err(e) => tracing::warn!(path = %shared.path.display(), "skipping qmp input: {e}"),
-            }
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
-        }
-        match read.read_buf(&mut buf).await {
+        let n = match read.read(&mut buf).await {
             Ok(0) => return shared.close("QEMU closed the socket".into()),
-            Ok(_) => {}
+            Ok(n) => n,
             Err(e) => return shared.close(format!("read failed: {e}")),
+        };
+        {
+            let mut session = shared.lock();
+            // Negotiation is over, so input problems are warnings, never errors.
+            let _ = session.handle_input(&buf[..n]);
+            shared.log_warnings(&mut session);
         }
+        shared.changed.notify_waiters();
     }
 }
 
-async fn write_loop(
-    shared: Arc<Shared>,
-    mut write: OwnedWriteHalf,
-    mut outgoing: mpsc::UnboundedReceiver<Bytes>,
-) {
-    while let Some(bytes) = outgoing.recv().await {
-        if let Err(e) = write.write_all(&bytes).await {
-            shared.close(format!("write failed: {e}"));
-            return;
+async fn write_loop(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
+    loop {
+        shared.transmit.notified().await;
+        loop {
+            let bytes = {
+                let mut session = shared.lock();
+                if session.closed_reason().is_some() {
+                    return;
+                }
+                session.poll_transmit()
+            };
+            let Some(bytes) = bytes else { break };
+            if let Err(e) = write.write_all(&bytes).await {
+                shared.close(format!("write failed: {e}"));
+                return;
+            }
         }
     }
 }

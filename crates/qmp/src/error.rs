@@ -111,6 +111,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// The greeting was missing or malformed, or QEMU rejected `qmp_capabilities`
+    /// ([`Session`](crate::Session) level; the client reports it as [`Error::Negotiation`]).
+    #[error("qmp handshake failed: {reason}")]
+    Handshake {
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// The session is closed, so the command cannot be sent or answered
+    /// ([`Session`](crate::Session) level; the client reports it as [`Error::Disconnected`]).
+    #[error("qmp session is closed ({reason})")]
+    Closed {
+        /// Why the session closed.
+        reason: String,
+    },
+
     /// The connection is gone (QEMU exited or closed the socket); the call cannot complete.
     #[error("qmp {what} failed: connection to {path} is closed ({reason}); has QEMU exited?")]
     Disconnected {
@@ -160,7 +176,7 @@ impl Error {
 
     /// True when the error means the connection to QEMU is gone for good.
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, Error::Disconnected { .. })
+        matches!(self, Error::Disconnected { .. } | Error::Closed { .. })
     }
 }
 

@@ -1,8 +1,8 @@
-//! QEMU Machine Protocol (QMP): a sans-IO codec, typed commands and an async
+//! QEMU Machine Protocol (QMP): a sans-IO codec and session, typed commands and an async
 //! tokio client.
 //!
 //! QMP is the JSON protocol QEMU speaks on `-qmp unix:PATH,server=on,wait=off`
-//! (QEMU's `docs/interop/qmp-spec`). This crate has three layers:
+//! (QEMU's `docs/interop/qmp-spec`). This crate has four layers:
 //!
 //! - [`Codec`]: pure framing and parsing over [`bytes::BytesMut`], shaped like a
 //!   `tokio_util` codec. It accepts any chunking of the stream, several messages per
@@ -12,8 +12,11 @@
 //! - [`command`]: one serde type per QMP command ([`Stop`], [`Screendump`],
 //!   [`SendKey`], [`SetLink`], [`Migrate`], ...) tied to its return type by the
 //!   [`Command`] trait, plus [`Execute`] for any other command.
+//! - [`Session`]: the pure protocol state machine on top of the codec: it negotiates
+//!   capabilities, numbers commands and files each answer under its id, and keeps
+//!   events in a bounded queue. Bytes in, bytes out, no I/O, no runtime.
 //! - [`Client`] (feature `client`, on by default): a tokio client over a unix socket
-//!   that negotiates capabilities, runs commands from many tasks at once, queues
+//!   that feeds a [`Session`]: it negotiates capabilities, runs commands from many tasks at once, queues
 //!   events in a bounded queue ([`Client::wait_for_event`], [`Client::take_events`],
 //!   [`Client::dropped_events`]) and fails every call at once when QEMU goes away.
 //!
@@ -84,6 +87,7 @@ mod codec;
 pub mod command;
 mod error;
 mod message;
+mod session;
 
 #[cfg(feature = "client")]
 pub use client::{Client, ClientOptions};
@@ -98,3 +102,4 @@ pub use error::{Error, Result};
 pub use message::{
     Event, Greeting, Message, QmpError, Response, Timestamp, VersionInfo, VersionTriple,
 };
+pub use session::{Phase, Session, SessionConfig};

@@ -97,6 +97,17 @@ impl Terminal {
     /// Waits until `needle` appears after the last match; returns what came
     /// before it. Panics with the screen so far after `timeout`.
     pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        match self.try_expect(needle, timeout) {
+            Some(before) => before,
+            None => panic!(
+                "no {needle:?} within {timeout:?}; the terminal shows:\n{}",
+                self.screen()
+            ),
+        }
+    }
+
+    /// As [`Terminal::expect`], but `None` after `timeout`.
+    pub fn try_expect(&mut self, needle: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         loop {
             {
@@ -104,14 +115,12 @@ impl Terminal {
                 let text = String::from_utf8_lossy(&seen[self.cursor..]).into_owned();
                 if let Some(at) = text.find(needle) {
                     self.cursor += text[..at + needle.len()].len();
-                    return text[..at].to_owned();
+                    return Some(text[..at].to_owned());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} within {timeout:?}; the terminal shows:\n{}",
-                self.screen()
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -35,7 +35,7 @@ QemuMachine = _prelude.QemuMachine
 RequestedAssertionFailed = _prelude.RequestedAssertionFailed
 MachineError = _prelude.MachineError
 retry = _prelude.retry
-polling_condition = _prelude.polling_condition
+PollingCondition = _prelude.PollingCondition
 
 __all__ = [
     "Driver",
@@ -45,5 +45,5 @@ __all__ = [
     "RequestedAssertionFailed",
     "MachineError",
     "retry",
-    "polling_condition",
+    "PollingCondition",
 ]
