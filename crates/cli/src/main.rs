@@ -16,7 +16,6 @@ mod checks;
 mod config;
 mod doctor;
 mod interactive;
-mod junit;
 mod progress;
 mod run;
 mod runner;

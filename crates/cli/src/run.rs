@@ -147,17 +147,17 @@ pub fn run(args: RunArgs) -> ExitCode {
     let finished = crate::runner::run_all(&tests, &settings, &signals);
     print_summary(&tests, &finished, started.elapsed());
     if let Some(path) = &args.junit_xml {
-        let suites: Vec<crate::junit::Suite<'_>> = tests
+        let results: Vec<vmrig_driver::TestResult> = tests
             .iter()
             .zip(&finished)
-            .map(|(t, f)| crate::junit::Suite {
-                name: &t.name,
-                report: f.report.clone(),
+            .map(|(t, f)| vmrig_driver::TestResult {
+                name: t.name.clone(),
+                time: f.wall,
+                subtests: f.subtests.clone(),
                 failure: f.outcome.failure(),
-                time: f.wall.as_secs_f64(),
             })
             .collect();
-        if let Err(e) = std::fs::write(path, crate::junit::combine(&suites)) {
+        if let Err(e) = std::fs::write(path, vmrig_driver::merged_junit_xml(&results)) {
             eprintln!(
                 "vmrig: error: cannot write the JUnit report {}: {e}",
                 path.display()

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -20,6 +20,7 @@ use crate::cache::{self, Hit, Inputs};
 use crate::progress::{Line, Progress};
 use crate::run::shown;
 use crate::signals::{self, Signals};
+use vmrig_driver::SubtestResult;
 
 /// How long an interrupted child may take to stop its machines.
 const GRACE: Duration = Duration::from_secs(15);
@@ -111,8 +112,8 @@ pub struct Finished {
     pub wall: Duration,
     /// Where its result is (the output directory, or a cache entry).
     pub location: PathBuf,
-    /// Its JUnit report, if it wrote one.
-    pub report: Option<String>,
+    /// Its subtests, from the JUnit report it wrote (none if it wrote none).
+    pub subtests: Vec<SubtestResult>,
 }
 
 /// What the guest build and the cache say about a test that must run.
@@ -274,7 +275,7 @@ impl Scheduler<'_> {
                 match &self.states[i] {
                     State::Running(r) => signals::forward(&r.child, sig),
                     State::Done(_) => {}
-                    _ => self.done(i, Outcome::Interrupted, None),
+                    _ => self.done(i, Outcome::Interrupted, Vec::new()),
                 }
             }
         } else if kill && !self.killed {
@@ -288,7 +289,7 @@ impl Scheduler<'_> {
     }
 
     /// Ends test `i` and its live line.
-    fn done(&mut self, i: usize, outcome: Outcome, report: Option<String>) {
+    fn done(&mut self, i: usize, outcome: Outcome, subtests: Vec<SubtestResult>) {
         let test = &self.tests[i];
         let location = match &outcome {
             Outcome::Cached(hit) => hit.location(),
@@ -298,7 +299,7 @@ impl Scheduler<'_> {
             outcome,
             wall: self.took(i),
             location,
-            report,
+            subtests,
         };
         let secs = f.wall.as_secs_f64();
         let at = shown(&f.location);
@@ -347,10 +348,10 @@ impl Scheduler<'_> {
                 self.states[i] = State::Ready(p);
             }
             Event::Prepared(i, Prep::Cached(hit)) => {
-                let report = std::fs::read_to_string(hit.entry.join("junit.xml")).ok();
-                self.done(i, Outcome::Cached(hit), report);
+                let subtests = read_subtests(&hit.entry.join("junit.xml"));
+                self.done(i, Outcome::Cached(hit), subtests);
             }
-            Event::Prepared(i, Prep::Failed(why)) => self.done(i, Outcome::Error(why), None),
+            Event::Prepared(i, Prep::Failed(why)) => self.done(i, Outcome::Error(why), Vec::new()),
             Event::Line(i, text) => {
                 if let State::Running(r) = &mut self.states[i] {
                     let _ = writeln!(r.log, "{text}");
@@ -416,7 +417,7 @@ impl Scheduler<'_> {
                     }
                     self.states[i] = State::Running(Box::new(r));
                 }
-                Err(why) => self.done(i, Outcome::Error(why), None),
+                Err(why) => self.done(i, Outcome::Error(why), Vec::new()),
             }
         }
     }
@@ -441,12 +442,12 @@ impl Scheduler<'_> {
             let State::Running(r) = std::mem::replace(&mut self.states[i], State::Queued) else {
                 unreachable!("matched above");
             };
-            let (outcome, report) = self.finish_child(i, *r);
-            self.done(i, outcome, report);
+            let (outcome, subtests) = self.finish_child(i, *r);
+            self.done(i, outcome, subtests);
         }
     }
 
-    fn finish_child(&self, i: usize, r: Running) -> (Outcome, Option<String>) {
+    fn finish_child(&self, i: usize, r: Running) -> (Outcome, Vec<SubtestResult>) {
         let test = &self.tests[i];
         let Running {
             mut child,
@@ -456,7 +457,7 @@ impl Scheduler<'_> {
             ..
         } = r;
         let status = exited.map(|(s, _)| s).or_else(|| child.wait().ok());
-        let report = std::fs::read_to_string(test.out_abs.join("junit.xml")).ok();
+        let subtests = read_subtests(&test.out_abs.join("junit.xml"));
         let outcome = match status {
             Some(s) if s.success() => Outcome::Passed,
             _ if self.interrupted_at.is_some() => Outcome::Interrupted,
@@ -477,12 +478,24 @@ impl Scheduler<'_> {
             }
             self.progress.note(&text);
         }
-        (outcome, report)
+        (outcome, subtests)
     }
 }
 
 /// Guest builds and cache look-ups, a few at a time (they are quick when
 /// cached and CPU-bound when not).
+/// The subtests in a test's JUnit report; none if it wrote none. A report
+/// that cannot be read is said, and counts as none.
+fn read_subtests(path: &Path) -> Vec<SubtestResult> {
+    let Ok(xml) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    vmrig_driver::read_junit(&xml).unwrap_or_else(|e| {
+        tracing::warn!("{}: {e}", path.display());
+        Vec::new()
+    })
+}
+
 fn spawn_preparers(
     tests: &[Test],
     settings: &Settings,

@@ -30,7 +30,13 @@ fn vmrig_run_passes_and_writes_junit() {
         "console lines are prefixed by the machine name"
     );
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains("tests=\"2\" failures=\"0\""), "{xml}");
+    assert!(
+        xml.contains("<testsuite name=\"pair\" tests=\"2\""),
+        "{xml}"
+    );
+    let subtests = vmrig_driver::read_junit(&xml).unwrap();
+    assert_eq!(subtests.len(), 2, "{xml}");
+    assert!(subtests.iter().all(|s| s.failure.is_none()), "{xml}");
 }
 
 #[test]

@@ -528,7 +528,7 @@ impl Driver {
     /// Writes the subtests as JUnit XML.
     pub fn write_junit(&self, path: &Path, suite: &str) -> Result<()> {
         std::fs::write(path, junit_xml(suite, &self.subtest_results())).map_err(|e| {
-            Error::Setup(format!(
+            Error::Report(format!(
                 "cannot write the JUnit report {}: {e}",
                 path.display()
             ))

@@ -51,6 +51,9 @@ pub enum Error {
     /// The driver could not be set up (state directory, switch, bad input).
     #[error("{0}")]
     Setup(String),
+    /// A JUnit report could not be written or read.
+    #[error("{0}")]
+    Report(String),
 }
 
 fn console_tail(console: &str) -> String {

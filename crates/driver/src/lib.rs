@@ -62,6 +62,6 @@ pub use keys::key_for;
 pub use machine::{Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
 pub use network::parse_info_network;
 pub use polling::{Condition, PollingCondition};
-pub use report::{junit_xml, SubtestResult};
+pub use report::{junit_xml, merged_junit_xml, read_junit, SubtestResult, TestResult};
 pub use retry::retry;
 pub use systemd::{parse_property, parse_show, property_query, show_query, systemctl_command};

@@ -34,7 +34,6 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use crate::log::{Fields, CONSOLE_TARGET};
-use crate::report::escape;
 
 struct Open {
     id: Id,
@@ -202,6 +201,25 @@ fn attributes(attrs: &[(&str, &str)]) -> String {
         .iter()
         .map(|(k, v)| format!(" {k}=\"{}\"", escape(v)))
         .collect()
+}
+
+/// Escapes text or an attribute value for XML; control characters XML 1.0
+/// cannot hold become U+FFFD.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // XML 1.0 forbids most control characters, even escaped.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

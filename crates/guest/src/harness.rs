@@ -1,7 +1,9 @@
 //! Boots start scripts the way the NixOS driver does, for tests and demos of
-//! guests. This is deliberately small and synchronous; the
-//! real orchestration (QMP, the one-round-trip backdoor protocol, logging,
-//! reports) is `vmrig-driver`'s.
+//! guests: the same start-script contract ([`crate::contract`]) and the same
+//! backdoor protocol ([`vmrig_backdoor`]) as `vmrig-driver`, behind a small
+//! synchronous API. The real orchestration (QMP, VLANs, logging, reports) is
+//! the driver's; this module exists because the crates below the driver
+//! (this one, `vmrig-vde-net`) test with real guests and cannot depend on it.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,9 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use vmrig_backdoor::Shell;
 
-use crate::contract::machine_name;
+use crate::contract::{machine_name, StartContract};
 use crate::process::kill_and_reap;
 
 /// What went wrong with a guest; every message carries the machine and the
@@ -59,8 +61,9 @@ pub struct StartOptions {
 pub struct Guest {
     name: String,
     child: Child,
-    shell: UnixStream,
-    shell_reader: BufReader<UnixStream>,
+    /// Dropped before `rt`, whose reactor it is registered with.
+    shell: Shell<tokio::net::UnixStream>,
+    rt: tokio::runtime::Runtime,
     console: Arc<Mutex<VecDeque<String>>>,
     state: tempfile::TempDir,
     _monitor: UnixStream,
@@ -92,6 +95,11 @@ impl Guest {
                 &no_console,
             )
         })?;
+        let mut contract = StartContract::new(name.as_str(), dir, &shared);
+        contract.vde_sockets.clone_from(&opts.vde_sockets);
+        contract.allow_reboot = opts.allow_reboot;
+        // Tests and demos never want a window.
+        contract.graphics = false;
         let bind = |p: PathBuf| {
             UnixListener::bind(&p).map_err(|e| {
                 fail(
@@ -100,8 +108,8 @@ impl Guest {
                 )
             })
         };
-        let monitor = bind(dir.join("monitor"))?;
-        let shell = bind(dir.join("shell"))?;
+        let monitor = bind(contract.monitor_socket())?;
+        let shell = bind(contract.shell_socket())?;
 
         // The script runs in the state directory: a relative path would not resolve there.
         let script = std::fs::canonicalize(script).map_err(|e| {
@@ -110,44 +118,15 @@ impl Guest {
                 &no_console,
             )
         })?;
-        let mut cmd = Command::new(&script);
-        cmd.arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("qmp").display()
-            ))
-            .arg("-monitor")
-            .arg(format!("unix:{}", dir.join("monitor").display()))
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=shell,path={}",
-                dir.join("shell").display()
-            ))
-            .args([
-                "-device",
-                "virtio-serial",
-                "-device",
-                "virtconsole,chardev=shell",
-            ])
-            .args(["-device", "virtio-rng-pci", "-serial", "stdio"]);
-        if !opts.allow_reboot {
-            cmd.arg("-no-reboot");
-        }
-        cmd.arg("-nographic")
-            .current_dir(dir)
-            .env("TMPDIR", dir)
-            .env("SHARED_DIR", &shared)
-            .env("USE_TMPDIR", "1")
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start a tokio runtime: {e}"), &no_console))?;
+        let mut cmd = contract.command(&script);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for (vlan, sock) in &opts.vde_sockets {
-            cmd.env(format!("QEMU_VDE_SOCKET_{vlan}"), sock);
-        }
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .map_err(|e| fail(format!("cannot run {}: {e}", script.display()), &no_console))?;
@@ -185,23 +164,31 @@ impl Guest {
             });
         }
 
-        let mut guest_parts = (state, child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let monitor = accept(&monitor, &mut guest_parts.1, deadline)
-            .map_err(|m| fail(format!("monitor: {m}"), &console))?;
-        let shell = accept(&shell, &mut guest_parts.1, deadline)
-            .map_err(|m| fail(format!("shell: {m}"), &console))?;
-        let (state, child) = guest_parts;
-        let shell_reader = BufReader::new(
-            shell
-                .try_clone()
-                .map_err(|e| fail(e.to_string(), &console))?,
-        );
+        let connected = (|| {
+            let monitor = accept(&monitor, &mut child, deadline)
+                .map_err(|m| fail(format!("monitor: {m}"), &console))?;
+            let shell = accept(&shell, &mut child, deadline)
+                .map_err(|m| fail(format!("shell: {m}"), &console))?;
+            let _in_rt = rt.enter();
+            let shell = shell
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(shell))
+                .map_err(|e| fail(format!("shell: {e}"), &console))?;
+            Ok((monitor, shell))
+        })();
+        let (monitor, shell) = match connected {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                kill_and_reap(&mut child);
+                return Err(e);
+            }
+        };
         Ok(Guest {
             name,
             child,
-            shell,
-            shell_reader,
+            shell: Shell::new(shell),
+            rt,
             console,
             state,
             _monitor: monitor,
@@ -231,46 +218,43 @@ impl Guest {
         }
     }
 
-    /// Reads the shell until `Spawning backdoor root shell...`; returns how long it took.
+    /// Waits for the backdoor's `Spawning backdoor root shell...`; returns how long it took.
     pub fn wait_for_backdoor(&mut self, timeout: Duration) -> Result<Duration, HarnessError> {
         let start = Instant::now();
-        let mut seen = Vec::new();
-        loop {
-            let line = self.read_line(start + timeout, "the backdoor's magic line")?;
-            if line.contains("Spawning backdoor root shell...") {
-                return Ok(start.elapsed());
-            }
-            seen.push(line);
-        }
+        let ready = self.rt.block_on(self.shell.wait_ready(timeout));
+        self.backdoor(ready, "waiting for the backdoor shell")?;
+        Ok(start.elapsed())
     }
 
-    /// Runs `command` with `bash -c` in the guest (stdin from /dev/null,
-    /// stdout and stderr captured together); returns its status and output.
+    /// Runs `command` in the guest as the driver's `execute` does (`bash -c`
+    /// under `set -euo pipefail`, through the backdoor protocol), but with
+    /// stdin from /dev/null and stderr captured with stdout; returns its
+    /// status and output. `timeout` bounds the wait on the host.
     pub fn run(&mut self, command: &str, timeout: Duration) -> Result<(i32, String), HarnessError> {
-        let line = format!(
-            "bash -c {} </dev/null 2>&1 | base64 -w 0; echo \" ${{PIPESTATUS[0]}}\"\n",
-            crate::script::sh_quote(command)
-        );
-        self.shell
-            .write_all(line.as_bytes())
-            .map_err(|e| self.error(format!("cannot send `{command}`: {e}")))?;
-        let reply = self.read_line(
-            Instant::now() + timeout,
-            &format!("the reply to `{command}`"),
-        )?;
-        let (b64, status) = reply
-            .trim_end()
-            .rsplit_once(' ')
-            .ok_or_else(|| self.error(format!("malformed reply to `{command}`: {reply:?}")))?;
-        let status = status.parse().map_err(|_| {
-            self.error(format!(
-                "malformed status in the reply to `{command}`: {reply:?}"
-            ))
-        })?;
-        let out = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| self.error(format!("malformed output of `{command}`: {e}")))?;
-        Ok((status, String::from_utf8_lossy(&out).into_owned()))
+        // A command that read the backdoor's console would eat the next command.
+        let cmd = vmrig_backdoor::Command::new(format!("exec </dev/null 2>&1\n{command}"));
+        let outcome = self.rt.block_on(self.shell.run(&cmd, timeout));
+        let outcome = self.backdoor(outcome, &format!("`{command}`"))?;
+        Ok((
+            outcome.status,
+            String::from_utf8_lossy(&outcome.output).into_owned(),
+        ))
+    }
+
+    /// The result of a backdoor call, its error told with QEMU's exit if that
+    /// is why the shell closed.
+    fn backdoor<T>(
+        &mut self,
+        result: vmrig_backdoor::Result<T>,
+        doing: &str,
+    ) -> Result<T, HarnessError> {
+        result.map_err(|e| {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the console reader catch up
+                return self.error(format!("{doing}: QEMU exited ({status}): {e}"));
+            }
+            self.error(format!("{doing}: {e}"))
+        })
     }
 
     /// Like [`Guest::run`], but a non-zero status is an error.
@@ -295,44 +279,6 @@ impl Guest {
                     return Err(self.error(format!("QEMU still runs after {} s", timeout.as_secs())))
                 }
                 Err(e) => return Err(self.error(format!("cannot wait for QEMU: {e}"))),
-            }
-        }
-    }
-
-    fn read_line(&mut self, deadline: Instant, what: &str) -> Result<String, HarnessError> {
-        let mut buf = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(self.error(format!("timed out waiting for {what}")));
-            }
-            let _ = self
-                .shell
-                .set_read_timeout(Some(left.min(Duration::from_millis(500))));
-            match self.shell_reader.read_until(b'\n', &mut buf) {
-                Ok(0) => {
-                    return Err(
-                        self.error(format!("QEMU closed the shell while waiting for {what}"))
-                    )
-                }
-                Ok(_) if buf.ends_with(b"\n") => {
-                    return Ok(String::from_utf8_lossy(&buf).into_owned())
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if let Ok(Some(status)) = self.child.try_wait() {
-                        std::thread::sleep(Duration::from_millis(100)); // let the console reader catch up
-                        return Err(
-                            self.error(format!("QEMU exited ({status}) while waiting for {what}"))
-                        );
-                    }
-                }
-                Err(e) => return Err(self.error(format!("cannot read the shell: {e}"))),
             }
         }
     }

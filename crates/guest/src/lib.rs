@@ -42,9 +42,11 @@
 //! Building needs the host's kernel (`/boot/vmlinuz-*` with `/lib/modules`),
 //! `busybox-static` and `bash-static`, and for the `debian` flavour root,
 //! mmdebstrap and the package archive on first use: see [`builder::build`].
-//! [`accel`] chooses TCG or KVM (`auto` probes KVM with a bounded boot). The
-//! [`harness`] module is a small synchronous runner for start scripts, for
-//! the end-to-end tests and the demo; the real orchestration is
+//! [`accel`] chooses TCG or KVM (`auto` probes KVM with a bounded boot). How
+//! a driver runs a start script (its QEMU options and environment) is built
+//! in one place, [`contract`], for `vmrig-driver` and for the [`harness`]
+//! module, a small synchronous runner for start scripts used by the
+//! end-to-end tests and the demo; the real orchestration is
 //! `vmrig-driver`'s. `docs/guest-kit.md` in the repository describes both
 //! flavours in detail.
 
