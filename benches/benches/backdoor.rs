@@ -1,7 +1,8 @@
 //! Backdoor protocol: decoding replies of 1 KB, 1 MB and 100 MB (fed in
 //! 64 KiB reads, as the shell adapter does), against a naive decoder that
 //! collects the whole base64 line, decodes it, then copies the result; and
-//! the cost of encoding a command line; and whole round trips through a real
+//! the cost of encoding a command line; the session's bookkeeping per
+//! command (send, then sort the replies); and whole round trips through a real
 //! bash (on this host, not in a guest under TCG) with vmrig's protocol and
 //! with NixOS's, which shows the guest-side work each one costs.
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use vmrig_backdoor::{write_reply, Command, Decoder, DecoderConfig, Event};
+use vmrig_backdoor::{write_reply, Command, Decoder, DecoderConfig, Event, Session, Update};
 
 const READ: usize = 64 << 10;
 
@@ -221,5 +222,43 @@ fn round_trip(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode, round_trip);
+/// One command through the sans-IO session: encode it, then decode its 1 KB
+/// reply, after `abandoned` replies to commands nobody waits for.
+fn session(c: &mut Criterion) {
+    let mut g = c.benchmark_group("backdoor/session");
+    let out = output(1_000);
+    for abandoned in [0u64, 3] {
+        let mut s = Session::ready(DecoderConfig::default()).with_first_nonce(1);
+        let cmd = Command::new("cat /etc/hosts");
+        let quiet = Command::new("true").check_output(false);
+        let mut line = BytesMut::with_capacity(4096);
+        let mut buf = BytesMut::with_capacity(READ);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("command_1KB_reply", abandoned), |b| {
+            b.iter(|| {
+                line.clear();
+                let mut first = 0;
+                for i in 0..abandoned {
+                    let n = s.send(&quiet, &mut line).unwrap();
+                    if i == 0 {
+                        first = n;
+                    }
+                }
+                let nonce = s.send(black_box(&cmd), &mut line).unwrap();
+                for n in first..first + abandoned {
+                    write_reply(n, 0, b"", &mut buf);
+                }
+                write_reply(nonce, 0, &out, &mut buf);
+                let Some(Update::Reply(r)) = s.decode(&mut buf).unwrap() else {
+                    panic!("no reply")
+                };
+                black_box(r.output.len())
+            })
+        });
+        assert_eq!(s.stray_count(), 0);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, session, round_trip);
 criterion_main!(benches);

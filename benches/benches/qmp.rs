@@ -1,5 +1,6 @@
-//! QMP layer: decode throughput on a transcript recorded from QEMU 7.2, and
-//! round-trip latency of `query-status` against a real QEMU.
+//! QMP layer: decode throughput on a transcript recorded from QEMU 7.2, the
+//! sans-IO session's cost per command, and round-trip latency of `query-status`
+//! against a real QEMU.
 //!
 //! `cargo bench -p vmrig-benches --bench qmp`
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use vmrig_qmp::bytes::BytesMut;
-use vmrig_qmp::{Client, Codec, Message, QueryStatus};
+use vmrig_qmp::{Client, Codec, Message, QueryStatus, Session};
 
 /// Everything QEMU sent in a session of 20 commands (greeting, returns from
 /// 2 bytes to `query-qmp-schema`'s 190 KB, errors, events).
@@ -103,6 +104,51 @@ fn bench_decode(c: &mut Criterion) {
     ));
 }
 
+/// A negotiated session, as the client holds it.
+fn ready_session() -> Session {
+    let mut s = Session::new();
+    s.handle_input(TRANSCRIPT.split(|&b| b == b'\n').next().unwrap())
+        .unwrap();
+    s.handle_input(b"{\"return\": {}, \"id\": 1}\r\n").unwrap();
+    assert!(s.is_ready());
+    s.poll_transmit();
+    s
+}
+
+fn bench_session(c: &mut Criterion) {
+    // 64 commands in flight, answered in reverse order with an event between
+    // answers: bytes out, bytes in, answers taken by id.
+    const N: u64 = 64;
+    let mut group = c.benchmark_group("qmp/session");
+    group.throughput(Throughput::Elements(N));
+    group.bench_function("64_commands_reversed_with_events", |b| {
+        b.iter_batched_ref(
+            ready_session,
+            |s| {
+                let ids: Vec<u64> = (0..N).map(|_| s.execute(&QueryStatus).unwrap()).collect();
+                let out = s.poll_transmit().unwrap();
+                let mut wire = Vec::with_capacity(out.len() * 3);
+                for &id in ids.iter().rev() {
+                    wire.extend_from_slice(
+                        format!("{{\"return\": {{\"status\": \"running\", \"singlestep\": false, \"running\": true}}, \"id\": {id}}}\r\n")
+                            .as_bytes(),
+                    );
+                    wire.extend_from_slice(b"{\"timestamp\": {\"seconds\": 1, \"microseconds\": 5}, \"event\": \"RESUME\"}\r\n");
+                }
+                for chunk in wire.chunks(4096) {
+                    s.handle_input(chunk).unwrap();
+                }
+                for id in ids {
+                    s.take_response(id).unwrap().unwrap();
+                }
+                s.take_events().len()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
 struct Qemu(Child);
 
 impl Drop for Qemu {
@@ -158,5 +204,5 @@ fn bench_round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_round_trip);
+criterion_group!(benches, bench_decode, bench_session, bench_round_trip);
 criterion_main!(benches);

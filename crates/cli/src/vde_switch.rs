@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vmrig_vde_net::{run_standalone, SwitchOptions};
+use vmrig_vde_net::SwitchOptions;
+
+mod console;
+
+use console::run_standalone;
 
 /// Run a VDE switch that QEMU (`-netdev vde,sock=DIR`) and `vde_plug` can join, with
 /// vde_switch's flags and management console on stdin/stdout.

@@ -7,9 +7,11 @@
 //! exited, was killed, or ran `quit`), every command in flight and every later
 //! call fails at once with [`Error::Disconnected`].
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use serde_json::value::RawValue;
@@ -107,18 +109,53 @@ impl Drop for Inner {
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
-    session: Mutex<Session>,
-    /// Woken whenever an answer or event comes in or the connection closes.
-    changed: Notify,
+    state: Mutex<State>,
+    /// Woken whenever an event comes in or the connection closes.
+    events_changed: Notify,
     /// Woken when the session has bytes to send (or closed).
     transmit: Notify,
 }
 
+#[derive(Debug)]
+struct State {
+    session: Session,
+    /// The task waiting for each command's answer, woken alone when it is in.
+    waiters: HashMap<u64, Waker>,
+}
+
+impl std::ops::Deref for State {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl std::ops::DerefMut for State {
+    fn deref_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
+impl State {
+    /// Wakes the tasks whose command is no longer pending (answered).
+    fn wake_answered(&mut self) {
+        let session = &self.session;
+        self.waiters.retain(|&id, waker| {
+            let pending = session.is_pending(id);
+            if !pending {
+                waker.wake_by_ref();
+            }
+            pending
+        });
+    }
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Session> {
-        // A panic while holding this lock leaves the session consistent (every
-        // critical section is one session call), so poisoning is ignored.
-        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the state consistent (every
+        // critical section is a session call and a map operation), so
+        // poisoning is ignored.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn disconnected(&self, what: String, reason: &str) -> Error {
@@ -131,13 +168,17 @@ impl Shared {
 
     /// Marks the connection closed, which fails every command in flight.
     fn close(&self, reason: String) {
-        let mut session = self.lock();
-        if session.closed_reason().is_none() {
+        let mut state = self.lock();
+        if state.closed_reason().is_none() {
             tracing::debug!(path = %self.path.display(), %reason, "qmp connection closed");
         }
-        session.close(reason);
-        drop(session);
-        self.changed.notify_waiters();
+        state.close(reason);
+        // Every command still waiting now gets Error::Closed.
+        for (_, waker) in state.waiters.drain() {
+            waker.wake();
+        }
+        drop(state);
+        self.events_changed.notify_waiters();
         self.transmit.notify_one();
     }
 
@@ -156,7 +197,9 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.shared.lock().cancel(self.id);
+        let mut state = self.shared.lock();
+        state.cancel(self.id);
+        state.waiters.remove(&self.id);
     }
 }
 
@@ -228,8 +271,11 @@ impl Client {
 
         let shared = Arc::new(Shared {
             path,
-            session: Mutex::new(session),
-            changed: Notify::new(),
+            state: Mutex::new(State {
+                session,
+                waiters: HashMap::new(),
+            }),
+            events_changed: Notify::new(),
             transmit: Notify::new(),
         });
         // Commands may have been held during the handshake (none here, but the
@@ -315,18 +361,21 @@ impl Client {
             .map_err(closed)?;
         let _guard = PendingGuard { shared, id };
         shared.transmit.notify_one();
-        let answer = async {
-            loop {
-                let notified = shared.changed.notified();
-                tokio::pin!(notified);
-                // Register before looking, so an answer filed in between still wakes us.
-                notified.as_mut().enable();
-                if let Some(answer) = shared.lock().take_response(id) {
-                    return answer;
+        let answer = std::future::poll_fn(|cx| {
+            let mut state = shared.lock();
+            match state.take_response(id) {
+                Some(answer) => {
+                    state.waiters.remove(&id);
+                    Poll::Ready(answer)
                 }
-                notified.await;
+                None => {
+                    // Looked at and registered under one lock: the reader cannot
+                    // file the answer in between.
+                    state.waiters.insert(id, cx.waker().clone());
+                    Poll::Pending
+                }
             }
-        };
+        });
         let answer = match self.inner.command_timeout {
             None => answer.await,
             Some(timeout) => match tokio::time::timeout(timeout, answer).await {
@@ -370,18 +419,18 @@ impl Client {
         let shared = &*self.inner.shared;
         let deadline = Instant::now() + timeout;
         loop {
-            let notified = shared.changed.notified();
+            let notified = shared.events_changed.notified();
             tokio::pin!(notified);
             // Register before looking, so an event queued in between still wakes us.
             notified.as_mut().enable();
             {
-                let mut session = shared.lock();
-                while let Some(event) = session.poll_event() {
+                let mut state = shared.lock();
+                while let Some(event) = state.poll_event() {
                     if filter(&event) {
                         return Ok(event);
                     }
                 }
-                if let Some(reason) = session.closed_reason() {
+                if let Some(reason) = state.closed_reason() {
                     return Err(shared.disconnected("wait for event".into(), reason));
                 }
             }
@@ -400,13 +449,17 @@ async fn read_loop(shared: Arc<Shared>, mut read: OwnedReadHalf) {
             Ok(n) => n,
             Err(e) => return shared.close(format!("read failed: {e}")),
         };
-        {
-            let mut session = shared.lock();
+        let events = {
+            let mut state = shared.lock();
             // Negotiation is over, so input problems are warnings, never errors.
-            let _ = session.handle_input(&buf[..n]);
-            shared.log_warnings(&mut session);
+            let _ = state.handle_input(&buf[..n]);
+            shared.log_warnings(&mut state);
+            state.wake_answered();
+            state.queued_events() > 0
+        };
+        if events {
+            shared.events_changed.notify_waiters();
         }
-        shared.changed.notify_waiters();
     }
 }
 
@@ -415,11 +468,11 @@ async fn write_loop(shared: Arc<Shared>, mut write: OwnedWriteHalf) {
         shared.transmit.notified().await;
         loop {
             let bytes = {
-                let mut session = shared.lock();
-                if session.closed_reason().is_some() {
+                let mut state = shared.lock();
+                if state.closed_reason().is_some() {
                     return;
                 }
-                session.poll_transmit()
+                state.poll_transmit()
             };
             let Some(bytes) = bytes else { break };
             if let Err(e) = write.write_all(&bytes).await {

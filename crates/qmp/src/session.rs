@@ -91,7 +91,15 @@ struct Pending {
     cancelled: bool,
 }
 
-/// One QMP connection's state, without I/O. See the [module docs](self).
+/// One QMP connection's state, without I/O.
+///
+/// Feed it what QEMU sends ([`handle_input`](Self::handle_input)), write what
+/// [`poll_transmit`](Self::poll_transmit) gives to QEMU, queue commands with
+/// [`send_command`](Self::send_command) and take each answer by its id with
+/// [`take_response`](Self::take_response); events wait in a bounded queue
+/// ([`poll_event`](Self::poll_event)). `qmp_capabilities` is sent by the session
+/// itself once the greeting is in, and commands sent earlier are held until
+/// QEMU accepts it.
 ///
 /// ```
 /// use vmrig_qmp::{Phase, QueryStatus, Session};

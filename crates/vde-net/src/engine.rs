@@ -12,11 +12,10 @@
 //!
 //! [`SwitchCore`]: crate::SwitchCore
 
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mio::net::UnixDatagram;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -24,9 +23,8 @@ use tracing::{debug, warn};
 
 use crate::delay_queue::DelayQueue;
 use crate::mmsg::{RecvArena, SendBatch};
-use crate::pcap;
 use crate::port::PortId;
-use crate::server::{Shared, State};
+use crate::server::Shared;
 
 /// Largest frame accepted from a client (jumbo frames included).
 pub(crate) const MAX_FRAME: usize = 9216;
@@ -318,14 +316,16 @@ impl Engine {
         if self.arena.len() == 0 {
             return;
         }
-        {
+        let captured = {
             let mut guard = shared.lock();
             let state = &mut *guard;
             let now = Instant::now();
             for i in 0..self.arena.len() {
                 let frame = self.arena.frame(i);
                 let port = self.ingress[i];
-                capture(state, frame);
+                if let Some(cap) = state.capture.as_mut() {
+                    cap.record(frame);
+                }
                 state
                     .core
                     .forward(port, frame, now, &mut state.rng, &mut state.deliveries);
@@ -337,6 +337,11 @@ impl Engine {
                     }
                 }
             }
+            state.capture.as_mut().and_then(|cap| cap.take_batch())
+        };
+        // The disk is the writer thread's business, and never under the lock.
+        if let Some((sink, batch)) = captured {
+            sink.submit(batch);
         }
         for port in self.outbox.dirty.drain(..) {
             let queue = &mut self.outbox.queues[port];
@@ -382,19 +387,5 @@ impl Engine {
         for (port, len) in self.undelivered.drain(..) {
             state.core.note_send_failed(port, len);
         }
-    }
-}
-
-/// Appends a frame to the capture file, if a capture is running.
-fn capture(state: &mut State, frame: &[u8]) {
-    let Some(cap) = state.capture.as_mut() else {
-        return;
-    };
-    pcap::encode_record(SystemTime::now(), frame, &mut cap.buf);
-    if let Err(e) = cap.file.write_all(&cap.buf) {
-        warn!(path = %cap.path.display(), error = %e, "vde switch: capture stopped");
-        state.capture = None;
-    } else {
-        cap.buf.clear();
     }
 }

@@ -72,8 +72,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps an I/O error with context.
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    /// Wraps an I/O error with what was being done (e.g. "writing to stdout").
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
             source,

@@ -14,20 +14,26 @@
 //!   bounded ports, per-port counters, no reflection;
 //! - **test controls** on a running [`Switch`]: per-port and per-VLAN link down/up, loss,
 //!   delay with jitter, partitions, and pcap capture ([`pcap`]);
-//! - **standalone mode** ([`run_standalone`]): vde_switch's flags and management console,
-//!   so `vmrig vde-switch` can stand in for `vde_switch`.
+//! - **a blocking client** ([`VdePlug`]) that speaks libvdeplug's side, for tests and
+//!   benchmarks.
 //!
-//! The core ([`request`], [`SwitchCore`], [`MacTable`], [`pcap`]) is sans-IO; tokio lives
-//! in `server` and `console`; frames move on one dedicated epoll thread (`engine`). Not supported: vde_switch's tagged VLANs inside one switch,
-//! FSTP, remote management sockets, and the pre-v3 request formats.
+//! The core ([`request`], [`SwitchCore`], [`MacTable`], [`pcap`]) is sans-IO and always
+//! built. Everything that does I/O is behind the default feature `server`: tokio in
+//! `server` (control socket, handshakes), frames on one dedicated epoll thread
+//! (`engine`), pcap files written by a thread of their own (`capture`), and the
+//! [`VdePlug`] client; `default-features = false` leaves the core alone, without
+//! tokio. vde_switch's management console (`vmrig vde-switch`) lives in the CLI. Not
+//! supported: vde_switch's tagged VLANs inside one switch, FSTP, remote management
+//! sockets, and the pre-v3 request formats.
 //!
 //! # Example
 //!
 //! ```
-//! use vmrig_vde_net::{Switch, SwitchOptions, VdePlug};
-//!
+//! # #[cfg(feature = "server")]
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use vmrig_vde_net::{Switch, SwitchOptions, VdePlug};
+//!
 //! let dir = tempfile::tempdir()?;
 //! let switch = Switch::start(SwitchOptions::new(dir.path().join("vlan1"))).await?;
 //! let sock = switch.dir().to_owned();
@@ -46,26 +52,35 @@
 //! assert_eq!(n, 60);
 //! assert_eq!(switch.ports()[0].counters.rx_frames, 1);
 //! # Ok(()) }
+//! # #[cfg(not(feature = "server"))] fn main() {}
 //! ```
 
+#[cfg(feature = "server")]
+mod capture;
+#[cfg(feature = "server")]
 pub mod client;
-pub mod console;
+#[cfg(feature = "server")]
 mod delay_queue;
+#[cfg(feature = "server")]
 mod engine;
 pub mod error;
 pub mod mac_table;
+#[cfg(feature = "server")]
 mod mmsg;
 pub mod pcap;
 pub mod port;
 pub mod request;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod switch;
 
+#[cfg(feature = "server")]
 pub use client::{RecvBatch, VdePlug};
-pub use console::run_standalone;
+#[cfg(feature = "server")]
 pub use delay_queue::DEFAULT_MAX_DELAYED_BYTES;
 pub use error::{Error, Result};
 pub use mac_table::{Mac, MacTable};
 pub use port::{Counters, LinkFaults, PortId, PortInfo};
+#[cfg(feature = "server")]
 pub use server::{Switch, SwitchOptions};
 pub use switch::{Delivery, SwitchConfig, SwitchCore};

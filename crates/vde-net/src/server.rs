@@ -3,8 +3,6 @@
 //! switch.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -21,10 +19,10 @@ use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use crate::capture::Capture;
 use crate::delay_queue::DEFAULT_MAX_DELAYED_BYTES;
 use crate::engine::{Cmd, EngineConfig, EngineHandle};
 use crate::error::{Error, Result};
-use crate::pcap;
 use crate::port::{LinkFaults, PortId, PortInfo};
 use crate::request::{encode_reply, PortWish, Request, RequestDecoder, MAX_REQUEST_LEN};
 use crate::switch::{Delivery, SwitchConfig, SwitchCore};
@@ -73,12 +71,6 @@ impl SwitchOptions {
         self.config.hub = hub;
         self
     }
-}
-
-pub(crate) struct Capture {
-    pub(crate) path: PathBuf,
-    pub(crate) file: BufWriter<File>,
-    pub(crate) buf: BytesMut,
 }
 
 pub(crate) struct State {
@@ -302,39 +294,23 @@ impl Switch {
     }
 
     /// Starts writing every frame the switch receives to a pcap file (replacing any
-    /// capture in progress).
+    /// capture in progress, which is finished first).
+    ///
+    /// Frames are written by a thread of their own, never under the switch's lock.
     pub fn start_capture(&self, path: &Path) -> Result<()> {
-        let file = File::create(path)
-            .map_err(|e| Error::io(format!("creating capture file {}", path.display()), e))?;
-        let mut buf = BytesMut::new();
-        pcap::encode_header(&mut buf);
-        let mut file = BufWriter::new(file);
-        file.write_all(&buf)
-            .map_err(|e| Error::io(format!("writing capture file {}", path.display()), e))?;
-        buf.clear();
-        let old = self.shared.lock().capture.replace(Capture {
-            path: path.to_owned(),
-            file,
-            buf,
-        });
-        if let Some(mut old) = old {
-            let _ = old.file.flush();
+        let capture = Capture::create(path)?;
+        let old = self.shared.lock().capture.replace(capture);
+        if let Some(old) = old {
+            old.finish()?;
         }
         Ok(())
     }
 
-    /// Stops the capture and flushes the file; returns its path.
+    /// Stops the capture and waits until every frame captured so far is in the
+    /// file; returns its path.
     pub fn stop_capture(&self) -> Result<Option<PathBuf>> {
         let cap = self.shared.lock().capture.take();
-        match cap {
-            Some(mut cap) => {
-                cap.file.flush().map_err(|e| {
-                    Error::io(format!("flushing capture file {}", cap.path.display()), e)
-                })?;
-                Ok(Some(cap.path))
-            }
-            None => Ok(None),
-        }
+        cap.map(Capture::finish).transpose()
     }
 }
 
@@ -350,10 +326,11 @@ impl Drop for Switch {
         for path in state.data_paths.drain().flat_map(|(_, paths)| paths) {
             let _ = std::fs::remove_file(path);
         }
-        if let Some(mut cap) = state.capture.take() {
-            let _ = cap.file.flush();
-        }
+        let capture = state.capture.take();
         drop(state);
+        if let Some(cap) = capture {
+            let _ = cap.finish();
+        }
         let _ = std::fs::remove_file(self.shared.dir.join("ctl"));
         if self.created_dir {
             let _ = std::fs::remove_dir(&self.shared.dir);

@@ -1,4 +1,7 @@
-//! Standalone mode: the switch plus vde_switch's management console on stdin/stdout.
+//! vde_switch's management console on stdin/stdout, over a running [`Switch`].
+//!
+//! This is compatibility with vde2's `vde_switch` program, not switching, so it
+//! lives in the CLI rather than in `vmrig-vde-net`.
 //!
 //! The NixOS driver starts `vde_switch --sock DIR --dirmode 0700 --hub` with a pipe on
 //! stdin, writes `showinfo` and waits for a line `1000 Success` (older drivers wrote
@@ -9,8 +12,7 @@
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::error::{Error, Result};
-use crate::server::{Switch, SwitchOptions};
+use vmrig_vde_net::{Error, Result, Switch, SwitchOptions};
 
 /// The status line closing a successful reply.
 pub const SUCCESS: &str = "1000 Success";
@@ -27,7 +29,7 @@ pub enum Next {
     Stop,
 }
 
-/// Answers one management command (sans-IO over a running switch); the reply text,
+/// Answers one management command (no I/O of its own); the reply text,
 /// newline-terminated, is appended to `out`.
 pub fn answer(switch: &Switch, line: &str, out: &mut String) -> Next {
     let mut words = line.split_whitespace();
@@ -46,7 +48,7 @@ pub fn answer(switch: &Switch, line: &str, out: &mut String) -> Next {
         "showinfo" => block(
             out,
             &format!(
-                "VDE switch V.2.3.2 compatible (vmrig-vde-net {})\n\npid {} uptime {}\nnumports={} hub={}\n",
+                "VDE switch V.2.3.2 compatible (vmrig {})\n\npid {} uptime {}\nnumports={} hub={}\n",
                 env!("CARGO_PKG_VERSION"),
                 std::process::id(),
                 switch.uptime().as_secs(),
@@ -56,7 +58,7 @@ pub fn answer(switch: &Switch, line: &str, out: &mut String) -> Next {
         ),
         "version" => block(
             out,
-            &format!("VDE switch V.2.3.2 compatible (vmrig-vde-net {})\n", env!("CARGO_PKG_VERSION")),
+            &format!("VDE switch V.2.3.2 compatible (vmrig {})\n", env!("CARGO_PKG_VERSION")),
         ),
         "help" => block(
             out,
@@ -137,4 +139,112 @@ where
     }
     tracing::info!(dir = %switch.dir().display(), "vde switch: stdin closed, shutting down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    async fn read_until_status(
+        lines: &mut tokio::io::Lines<BufReader<tokio::io::DuplexStream>>,
+    ) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("reply within 10 s")
+                .unwrap()
+                .expect("console still open");
+            let done = line.starts_with("1000 ") || line.starts_with("1038 ");
+            got.push(line);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_like_vde_switch_and_stops_on_eof() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vde1.ctl");
+        let (mut to_switch, stdin) = tokio::io::duplex(4096);
+        let (stdout, from_switch) = tokio::io::duplex(4096);
+        let opts = SwitchOptions::new(&dir).hub(true);
+        let task = tokio::spawn(run_standalone(opts, BufReader::new(stdin), stdout));
+        let mut lines = BufReader::new(from_switch).lines();
+
+        // The current NixOS driver: showinfo, then wait for `1000 Success`.
+        to_switch.write_all(b"showinfo\n").await.unwrap();
+        let reply = read_until_status(&mut lines).await;
+        assert_eq!(reply[0], "0000 DATA END WITH '.'");
+        assert!(reply[1].starts_with("VDE switch V."));
+        assert_eq!(reply[reply.len() - 2], ".");
+        assert_eq!(reply.last().unwrap(), "1000 Success");
+        // The switch is up by the time it answers.
+        assert!(dir.join("ctl").exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+
+        // Older drivers: `version`, one line read.
+        to_switch.write_all(b"version\n").await.unwrap();
+        let reply = read_until_status(&mut lines).await;
+        assert_eq!(reply.last().unwrap(), "1000 Success");
+
+        to_switch.write_all(b"no/such/command\n").await.unwrap();
+        let reply = read_until_status(&mut lines).await;
+        assert_eq!(reply, vec!["1038 Function not implemented"]);
+
+        to_switch.write_all(b"port/showinfo\n").await.unwrap();
+        let reply = read_until_status(&mut lines).await;
+        assert!(reply.contains(&"HUB=true".to_owned()), "{reply:?}");
+
+        to_switch.write_all(b"port/print\n").await.unwrap();
+        let reply = read_until_status(&mut lines).await;
+        assert_eq!(reply.last().unwrap(), "1000 Success");
+
+        to_switch.write_all(b"shutdown\n").await.unwrap();
+        let reply = read_until_status(&mut lines).await;
+        assert_eq!(reply, vec!["1000 Success"]);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("switch stops on shutdown")
+            .unwrap()
+            .unwrap();
+        assert!(!dir.join("ctl").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stops_when_stdin_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sw");
+        let (to_switch, stdin) = tokio::io::duplex(64);
+        let opts = SwitchOptions::new(&dir);
+        let task = tokio::spawn(run_standalone(
+            opts,
+            BufReader::new(stdin),
+            tokio::io::sink(),
+        ));
+        // Wait for the switch to be up, then close stdin.
+        for _ in 0..500 {
+            if dir.join("ctl").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(dir.join("ctl").exists(), "switch did not start");
+        drop(to_switch);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("switch stops when stdin closes")
+            .unwrap()
+            .unwrap();
+        assert!(!dir.join("ctl").exists());
+    }
 }
