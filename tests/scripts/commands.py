@@ -73,6 +73,7 @@ with subtest("a failed check is RequestedAssertionFailed, and can be caught"):
         lambda: machine.wait_until_succeeds("false", timeout=2),
         lambda: machine.wait_until_fails("true", timeout=2),
         lambda: machine.wait_for_file("/nonexistent", timeout=2),
+        lambda: machine.wait_for_console_text("never-on-the-console", timeout=2),
         lambda: retry(lambda last_try: False, timeout_seconds=2),
     ):
         try:
@@ -81,6 +82,17 @@ with subtest("a failed check is RequestedAssertionFailed, and can be caught"):
             log.info(f"caught as expected: {e}")
         else:
             raise Exception("a failing check passed")
+    # NixOS builds these waits on retry(), and says so.
+    for wait in (
+        lambda: machine.wait_for_file("/nonexistent", timeout=1),
+        lambda: machine.wait_for_console_text("never-on-the-console", timeout=1),
+    ):
+        try:
+            wait()
+        except RequestedAssertionFailed as e:
+            assert "action timed out" in str(e), str(e)
+        else:
+            raise Exception("a wait for nothing passed")
 
 with subtest("waits"):
     machine.succeed("(sleep 2; touch /tmp/later) >/dev/null 2>&1 &")
@@ -182,7 +194,8 @@ with subtest("the serial console"):
     serial_stdout_on()
 
 with subtest("the monitor and QMP"):
-    assert "running" in machine.send_monitor_command("info status")
+    status = machine.send_monitor_command("info status")
+    assert "running" in status and status.endswith("(qemu) "), repr(status)
     machine.wait_for_monitor_prompt()
     machine.send_monitor_command("stop")
     machine.send_monitor_command("cont")

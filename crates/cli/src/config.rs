@@ -28,6 +28,10 @@ pub struct Config {
     /// The SSH backdoor (vsock): not supported.
     #[serde(default)]
     pub enable_ssh_backdoor: bool,
+    /// vmrig's own key: `false` turns OCR off (NixOS decides by whether its
+    /// driver was built with `enableOCR`).
+    #[serde(default)]
+    pub enable_ocr: Option<bool>,
     /// The test script (`--test-script` overrides it).
     #[serde(default)]
     pub test_script: Option<PathBuf>,
@@ -124,6 +128,9 @@ mod tests {
         assert_eq!(c.vlans.iter().map(|v| v.0).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(c.global_timeout, Some(3600.0));
         assert_eq!(c.test_script, Some(PathBuf::from("/t.py")));
+        assert_eq!(c.enable_ocr, None, "NixOS's config has no such key");
+        let off = GOOD.replacen('{', "{\"enable_ocr\": false, ", 1);
+        assert_eq!(Config::parse(&off).unwrap().enable_ocr, Some(false));
     }
 
     #[test]

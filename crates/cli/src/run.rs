@@ -288,6 +288,7 @@ fn child(args: &RunArgs, guests: &Path) -> ExitCode {
         global_timeout: args.global_timeout.unwrap_or(3600),
         test_script: Some(dir.join("test.py")),
         nodes: serde_json::to_value(&def.nodes).ok(),
+        ocr: def.enable_ocr,
     };
     let flags = crate::test_run::CompatArgs {
         keep_machine_state: args.keep_machine_state,

@@ -64,6 +64,8 @@ pub(crate) struct Plan {
     pub test_script: Option<PathBuf>,
     /// The `nodes` global (vmrig.toml's nodes), for `vmrig run`.
     pub nodes: Option<serde_json::Value>,
+    /// Whether OCR is allowed (NixOS's `enableOCR`).
+    pub ocr: bool,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -130,6 +132,7 @@ pub fn compat(mut args: CompatArgs) -> ExitCode {
                 global_timeout: args.global_timeout.unwrap_or(3600),
                 test_script,
                 nodes: None,
+                ocr: true,
             }
         }
     };
@@ -151,6 +154,7 @@ fn from_config(path: &Path, args: &CompatArgs) -> Result<Plan, String> {
         global_timeout: config.global_timeout.map_or(3600, |t| t.ceil() as u64),
         test_script,
         nodes: None,
+        ocr: config.enable_ocr.unwrap_or(true),
     })
 }
 
@@ -183,6 +187,7 @@ pub fn run_dir(dir: &Path, args: &CompatArgs) -> ExitCode {
         global_timeout: args.global_timeout.unwrap_or(3600),
         test_script: Some(test_script),
         nodes,
+        ocr: built.definition.enable_ocr,
     };
     execute(plan, args)
 }
@@ -200,6 +205,7 @@ pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
     opts.vlans = plan.vlans;
     opts.keep_state = args.keep_machine_state;
     opts.global_timeout = Duration::from_secs(plan.global_timeout);
+    opts.ocr = plan.ocr;
     // A script blocked in a machine call fails as soon as the machines are killed;
     // one that never calls the driver again ends here, as under NixOS.
     opts.exit_after_timeout = Some(vmrig_driver::EXIT_AFTER_TIMEOUT);

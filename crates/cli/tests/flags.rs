@@ -481,3 +481,44 @@ fn global_timeout_ends_a_script_that_never_calls_the_driver_again() {
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
+
+#[test]
+fn global_timeout_stops_an_ocr_wait_and_no_machine_boots_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = hello(dir.path());
+    let test = dir.path().join("test.py");
+    std::fs::write(
+        &test,
+        "machine.succeed('true')\nprint('booted', flush=True)\n\
+         machine.wait_for_text('text that never shows', timeout=600)\n",
+    )
+    .unwrap();
+    let out = vmrig_in(dir.path())
+        .args(["--vlans", "1", "--global-timeout", "25", "--start-scripts"])
+        .arg(&start)
+        .arg("-o")
+        .arg(dir.path())
+        .arg(&test)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("booted"),
+        "the machine must boot within the timeout for this test: {err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, after) = err
+        .split_once("global timeout of 25 s reached")
+        .unwrap_or_else(|| panic!("no global timeout: {err}"));
+    assert!(!after.contains("starting vm"), "booted again: {after}");
+    assert!(
+        !after.contains("still running"),
+        "the wait went on until the hard exit: {after}"
+    );
+    assert!(
+        after.contains("the global timeout stopped every machine"),
+        "{after}"
+    );
+    assert_no_qemu_left(dir.path());
+}

@@ -437,3 +437,36 @@ fn doctor_reports_qemu_parts_of_different_releases() {
     has(&stdout, "install both from one release");
     has(&stdout, "missing, required: qemu-img");
 }
+
+#[test]
+fn driver_only_tests_and_ocr_turned_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path();
+    // No nodes: a script that only uses the driver (NixOS allows it).
+    let bare = base.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::write(bare.join("vmrig.toml"), "").unwrap();
+    std::fs::write(
+        bare.join("test.py"),
+        "assert machines == [] and vlans == []\nwith subtest('nothing to boot'):\n    pass\n",
+    )
+    .unwrap();
+    // enable_ocr = false: OCR fails at once with NixOS's words, before any boot.
+    let blind = test_dir(
+        base,
+        "blind",
+        "try:\n    machine.wait_for_text('foobar')\nexcept Exception as e:\n    \
+         assert 'OCR requested but enableOCR is false' in str(e), str(e)\nelse:\n    \
+         raise Exception('OCR was on')\nassert not machine.booted\n",
+    );
+    let toml = std::fs::read_to_string(blind.join("vmrig.toml")).unwrap();
+    std::fs::write(
+        blind.join("vmrig.toml"),
+        format!("enable_ocr = false\n{toml}"),
+    )
+    .unwrap();
+    let out = vmrig_out(base, ["run", "-j", "2", "bare", "blind"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    has(&stdout, "2 test(s): 2 passed");
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use vmrig_vde_net::{Switch, SwitchOptions};
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineConfig};
@@ -44,6 +44,9 @@ pub struct DriverOptions {
     /// with status 1, as NixOS's driver does. `None` (the default) leaves the process
     /// alone: the driver's calls fail, and its owner decides.
     pub exit_after_timeout: Option<Duration>,
+    /// Whether machines may read their screen (NixOS's `enableOCR`); when
+    /// off, OCR calls fail at once with NixOS's error.
+    pub ocr: bool,
 }
 
 impl DriverOptions {
@@ -59,6 +62,7 @@ impl DriverOptions {
             boot_timeout: crate::machine::BOOT_TIMEOUT,
             handle_signals: true,
             exit_after_timeout: None,
+            ocr: true,
         }
     }
 }
@@ -151,8 +155,8 @@ impl Watchdog {
                         "global timeout of {} s reached: stopping every machine",
                         timeout.as_secs()
                     );
-                    for m in machines.read().expect("machines lock").iter() {
-                        m.kill();
+                    for m in machines.read().unwrap_or_else(PoisonError::into_inner).iter() {
+                        m.halt();
                     }
                     let Some(exit) = exit_after else { return };
                     let (guard, result) = cvar
@@ -359,6 +363,7 @@ impl Driver {
                 .collect(),
             conditions: self.conditions.clone(),
             boot_timeout: self.opts.boot_timeout,
+            ocr: self.opts.ocr,
             start_script: std::path::absolute(script).unwrap_or_else(|_| script.to_owned()),
             name,
         };

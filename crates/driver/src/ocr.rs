@@ -180,6 +180,12 @@ fn ocr_one(image: &Path) -> std::result::Result<String, String> {
 
 impl Machine {
     fn ocr(&self, variants: &[Variant]) -> Result<Vec<String>> {
+        if !self.config().ocr {
+            return Err(self.machine_error(
+                "OCR requested but enableOCR is false (enable_ocr = false in the test's \
+                 configuration turned it off)",
+            ));
+        }
         let dir = tempfile::tempdir().map_err(|e| self.machine_error(format!("OCR: {e}")))?;
         let image = self.screenshot(&dir.path().join("screen.png").to_string_lossy())?;
         read(&image, variants).map_err(|e| self.machine_error(format!("OCR: {e}")))

@@ -44,6 +44,9 @@ pub struct Definition {
     pub path: PathBuf,
     /// The nodes by name, in sorted order (the order that gives each node its index).
     pub nodes: BTreeMap<String, Node>,
+    /// Whether the test may read the screen (NixOS's `enableOCR`; on unless
+    /// `enable_ocr = false`).
+    pub enable_ocr: bool,
 }
 
 /// How a node's guest is built.
@@ -174,6 +177,8 @@ struct RawDefinition {
     // None: a driver-only test (as NixOS allows `nodes = { }`).
     #[serde(default)]
     nodes: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    enable_ocr: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -300,6 +305,7 @@ impl Definition {
             .map_err(|(node, field, message)| invalid(Some(&node), &field, message))?;
         Ok(Definition {
             path: path.to_owned(),
+            enable_ocr: raw.enable_ocr.unwrap_or(true),
             nodes,
         })
     }
@@ -695,7 +701,10 @@ mod tests {
         for text in ["", "nodes = {}"] {
             let d = parse(text).unwrap();
             assert!(d.nodes.is_empty() && d.hosts().is_empty(), "{text:?}");
+            assert!(d.enable_ocr, "OCR is on unless turned off");
         }
+        assert!(!parse("enable_ocr = false").unwrap().enable_ocr);
+        assert!(error("enable_ocr = 1").contains("enable_ocr"));
     }
 
     #[test]

@@ -125,7 +125,8 @@ impl Machine {
         what: &str,
     ) -> Result<String> {
         let _log = self.nested(what);
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let (status, output) =
@@ -134,7 +135,8 @@ impl Machine {
                 return Ok(output);
             }
             if Instant::now() + Duration::from_secs(1) > deadline {
-                return Err(self.timeout(format!("{what} (last exit code {status})"), timeout));
+                let what = format!("{what} (last exit code {status})");
+                return Err(self.action_timed_out(&what, started, timeout));
             }
             std::thread::sleep(Duration::from_secs(1));
         }

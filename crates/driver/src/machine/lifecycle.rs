@@ -36,6 +36,11 @@ impl Machine {
             }
             *running = None;
         }
+        if self.inner.halted.load(Ordering::SeqCst) {
+            return Err(self.machine_error(
+                "the global timeout stopped every machine: it does not start again",
+            ));
+        }
         let cfg = &self.inner.cfg;
         tracing::info!(machine = %cfg.name, "starting vm");
         let started = Instant::now();
@@ -251,6 +256,14 @@ impl Machine {
                 r.await_magic = true;
             }
         });
+    }
+
+    /// Kills the machine for good: nothing starts it again (the global
+    /// timeout does this, so that a wait in progress, like `wait_for_text`,
+    /// cannot boot it again).
+    pub fn halt(&self) {
+        self.inner.halted.store(true, Ordering::SeqCst);
+        self.kill();
     }
 
     /// Kills QEMU at once (used at the end of a run, on errors and interrupts).

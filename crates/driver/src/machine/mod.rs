@@ -15,7 +15,7 @@ mod serial;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
@@ -56,6 +56,8 @@ pub struct MachineConfig {
     pub conditions: crate::polling::Conditions,
     /// How long the backdoor may take to appear after start.
     pub boot_timeout: Duration,
+    /// Whether OCR is allowed (NixOS's `enableOCR`).
+    pub ocr: bool,
 }
 
 /// A machine of a test run. Cheap to clone (shared handle).
@@ -77,6 +79,8 @@ struct Inner {
     /// Where the next `wait_for_console_text` starts reading (NixOS consumes a
     /// queue of console lines; text before the cursor was consumed).
     console_cursor: std::sync::atomic::AtomicUsize,
+    /// Set when the global timeout stopped the run's machines: none starts again.
+    halted: AtomicBool,
 }
 
 struct Running {
@@ -108,6 +112,7 @@ impl Machine {
                 running: Mutex::new(None),
                 booted: AtomicBool::new(false),
                 connected: AtomicBool::new(false),
+                halted: AtomicBool::new(false),
                 console_cursor: std::sync::atomic::AtomicUsize::new(0),
                 pid: std::sync::atomic::AtomicU32::new(0),
             }),
@@ -181,6 +186,21 @@ impl Machine {
             timeout,
             console: self.inner.console.tail(),
         }
+    }
+
+    /// A wait that NixOS builds on `retry` ran out of time: the same words
+    /// ("action timed out after X seconds (timeout=T)"), then what was awaited.
+    pub(crate) fn action_timed_out(
+        &self,
+        what: &str,
+        started: Instant,
+        timeout: Duration,
+    ) -> Error {
+        self.assertion(format!(
+            "action timed out after {:.2} seconds (timeout={}): {what}",
+            started.elapsed().as_secs_f64(),
+            timeout.as_secs_f64()
+        ))
     }
 
     /// Fills in the machine and console of an assertion made without them (by [`crate::retry`]).

@@ -9,7 +9,9 @@ use super::Machine;
 use crate::error::Result;
 
 impl Machine {
-    /// Sends an HMP command on the monitor socket; returns its raw reply.
+    /// Sends an HMP command on the monitor socket; returns its raw reply, as
+    /// NixOS does: QEMU's echo of the command, its answer and the `(qemu) `
+    /// prompt that ends it.
     pub fn send_monitor_command(&self, command: &str) -> Result<String> {
         crate::polling::check_all(&self.inner.cfg.conditions).map_err(|e| self.with_machine(e))?;
         self.block(async {
@@ -53,6 +55,7 @@ impl Machine {
     }
 }
 
+/// Reads the monitor up to and including its `(qemu) ` prompt.
 pub(super) async fn read_monitor_prompt(
     monitor: &mut BufReader<UnixStream>,
     timeout: Duration,
@@ -78,6 +81,5 @@ pub(super) async fn read_monitor_prompt(
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no `(qemu) ` prompt"))??;
-    buf.truncate(buf.len() - PROMPT.len());
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }

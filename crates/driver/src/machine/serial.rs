@@ -17,7 +17,8 @@ impl Machine {
             .map_err(|e| self.assertion(format!("bad regex `{regex}`: {e}")))?;
         let console = Arc::clone(&self.inner.console);
         let start_at = self.inner.console_cursor.load(Ordering::SeqCst);
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let started = Instant::now();
+        let deadline = timeout.map(|t| started + t);
         self.block(async {
             loop {
                 let notified = console.notified();
@@ -29,8 +30,9 @@ impl Machine {
                 match deadline {
                     Some(d) => {
                         if tokio::time::timeout_at(d.into(), notified).await.is_err() {
-                            return Err(self.timeout(
-                                format!("waiting for `{regex}` on the console"),
+                            return Err(self.action_timed_out(
+                                &format!("waiting for `{regex}` on the console"),
+                                started,
                                 timeout.unwrap_or_default(),
                             ));
                         }
