@@ -74,6 +74,7 @@ fn systemd_methods_on_a_debian_guest() {
     start_and_stop_jobs(&m);
     user_units(&m);
     let methods = methods.elapsed();
+    second_boot(&m);
 
     // The log sections NixOS's driver writes for these methods.
     let log = std::fs::read_to_string(&log_path).unwrap();
@@ -305,4 +306,21 @@ fn user_units(m: &Machine) {
         assertion(e),
         "retrieving systemctl property \"ActiveState\" for unit \"hello.service\" under user \"nobody-here\" failed with exit code 1"
     );
+}
+
+/// The guest boots again from the disk its first boot left (as after
+/// NixOS's `shutdown()` then `start()`), with what that boot wrote.
+fn second_boot(m: &Machine) {
+    m.succeed(&["echo kept > /root/from-the-first-boot"], None)
+        .unwrap();
+    m.shutdown().unwrap();
+    assert!(!m.is_up());
+    m.start(false).unwrap();
+    m.wait_for_unit("multi-user.target", None, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("second boot: {e}\n{}", m.console_log()));
+    assert_eq!(
+        m.succeed(&["cat /root/from-the-first-boot"], None).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(property(m, "backdoor.service", "ActiveState"), "active");
 }

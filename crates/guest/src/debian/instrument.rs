@@ -7,7 +7,7 @@ use super::rootfs::symlink;
 use crate::error::{IoContext, Result};
 
 /// Bumped whenever what a layer holds changes (the build code, `instrument`).
-const RECIPE: &str = "vmrig-debian v3";
+pub(super) const RECIPE: &str = "vmrig-debian v3";
 
 /// Units masked in every guest: serial gettys would steal the backdoor's console
 /// (as NixOS's test instrumentation disables them), timers and the rest only cost

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use super::base::{build_base, host_sources, host_suite, run_logged, BASE_PACKAGES, BASE_RECIPE};
-use super::instrument::{instrument, MASKED_UNITS};
+use super::instrument::{instrument, MASKED_UNITS, RECIPE};
 use super::packages::{user_package_bins, Packages};
 use super::rootfs::{copy_tree, dir_size};
 use crate::error::{Error, IoContext, Result};
@@ -72,6 +72,8 @@ pub fn layer(
     let layer_key = {
         let mut h = blake3::Hasher::new();
         h.update(base_key.as_bytes());
+        // Bumping the recipe must rebuild the layers it made.
+        h.update(RECIPE.as_bytes());
         h.update(LAYER_SCRIPT.as_bytes());
         h.update(MASKED_UNITS.join(",").as_bytes());
         h.update(SKIPPED_MODULES.join(",").as_bytes());

@@ -164,7 +164,8 @@ fail() {{ echo "vmrig: $*" >&2; sleep 1; poweroff -f; }}
         r#"for _ in $(seq 200); do [ -b /dev/vda ] && break; sleep 0.05; done
 mkdir -p /newroot
 mount -t ext4 -o rw /dev/vda /newroot || fail "cannot mount the root disk /dev/vda (NIX_DISK_IMAGE)"
-cp -a /etc/vmrig/root/. /newroot/ || fail "cannot copy the node's files onto the root disk"
+# -f: a disk kept from an earlier boot already has these (symlinks included).
+cp -af /etc/vmrig/root/. /newroot/ || fail "cannot copy the node's files onto the root disk"
 cp /etc/vmrig/setup /newroot/etc/vmrig/setup
 chroot /newroot /etc/vmrig/setup || fail "cannot set up the node's users"
 mkdir -p /newroot/tmp/shared
