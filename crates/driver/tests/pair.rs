@@ -79,7 +79,10 @@ fn pair_through_the_driver() {
     let e = server
         .wait_for_file("/nonexistent", Duration::from_secs(2))
         .unwrap_err();
-    assert!(matches!(e, vmrig_driver::Error::Timeout { .. }), "{e}");
+    assert!(
+        e.is_assertion() && e.to_string().contains("action timed out after 2."),
+        "{e}"
+    );
 
     // block()/unblock(): the first VLAN NIC's cable.
     client.block_network().unwrap();
@@ -103,7 +106,7 @@ fn pair_through_the_driver() {
         .wait_for_console_text("marker-from-the-guest", Some(Duration::from_secs(2)))
         .unwrap_err();
     assert!(
-        matches!(e, vmrig_driver::Error::Timeout { .. }),
+        e.is_assertion() && e.to_string().contains("action timed out"),
         "consumed text does not match again: {e}"
     );
     assert!(server.console_log().contains("marker-from-the-guest"));

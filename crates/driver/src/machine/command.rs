@@ -134,11 +134,13 @@ impl Machine {
             if (status == 0) == want_success {
                 return Ok(output);
             }
-            if Instant::now() + Duration::from_secs(1) > deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 let what = format!("{what} (last exit code {status})");
                 return Err(self.action_timed_out(&what, started, timeout));
             }
-            std::thread::sleep(Duration::from_secs(1));
+            // Once a second, and a last try when the time is up.
+            std::thread::sleep(left.min(Duration::from_secs(1)));
         }
     }
 
