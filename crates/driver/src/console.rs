@@ -2,7 +2,7 @@
 //! last ones for error messages, and a wake-up for `wait_for_console_text`.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -25,7 +25,7 @@ struct Inner {
 impl Console {
     /// Appends one line (without its newline).
     pub fn push_line(&self, line: &str) {
-        let mut inner = self.inner.lock().expect("console lock");
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.log.push_str(line);
         inner.log.push('\n');
         if inner.tail.len() == TAIL_LINES {
@@ -38,12 +38,20 @@ impl Console {
 
     /// Everything the console printed so far.
     pub fn log(&self) -> String {
-        self.inner.lock().expect("console lock").log.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .log
+            .clone()
     }
 
     /// Length of the log so far (an offset for [`Console::log_since`]).
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("console lock").log.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .log
+            .len()
     }
 
     /// Whether nothing was printed yet.
@@ -53,13 +61,13 @@ impl Console {
 
     /// The log from byte `offset` on.
     pub fn log_since(&self, offset: usize) -> String {
-        let inner = self.inner.lock().expect("console lock");
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.log.get(offset..).unwrap_or_default().to_owned()
     }
 
     /// The last [`TAIL_LINES`] lines.
     pub fn tail(&self) -> String {
-        let inner = self.inner.lock().expect("console lock");
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.tail.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
@@ -78,6 +86,22 @@ impl Console {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_while_holding_the_lock_does_not_break_later_calls() {
+        let console = std::sync::Arc::new(Console::default());
+        console.push_line("before");
+        let c = console.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = c.inner.lock().unwrap();
+            panic!("poisons the lock");
+        })
+        .join();
+        assert!(console.inner.is_poisoned());
+        console.push_line("after");
+        assert_eq!(console.log(), "before\nafter\n");
+        assert_eq!(console.tail(), "before\nafter");
+    }
 
     #[test]
     fn keeps_all_and_tails_the_last() {

@@ -145,10 +145,10 @@ impl Watchdog {
             .name("vmrig-watchdog".into())
             .spawn(move || {
                 let (lock, cvar) = &*stop2;
-                let guard = lock.lock().expect("watchdog lock");
+                let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
                 let (guard, result) = cvar
                     .wait_timeout_while(guard, timeout, |stopped| !*stopped)
-                    .expect("watchdog lock");
+                    .unwrap_or_else(PoisonError::into_inner);
                 if result.timed_out() && !*guard {
                     fired2.store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::error!(
@@ -161,7 +161,7 @@ impl Watchdog {
                     let Some(exit) = exit_after else { return };
                     let (guard, result) = cvar
                         .wait_timeout_while(guard, exit.grace, |stopped| !*stopped)
-                        .expect("watchdog lock");
+                        .unwrap_or_else(PoisonError::into_inner);
                     if result.timed_out() && !*guard {
                         tracing::error!(
                             "the test script was still running {} s after the global timeout: exiting",
@@ -183,7 +183,7 @@ impl Watchdog {
     }
 
     fn disarm(&mut self) {
-        *self.stop.0.lock().expect("watchdog lock") = true;
+        *self.stop.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.stop.1.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -315,7 +315,11 @@ impl Driver {
                 _ = term.recv() => 143,
             };
             tracing::error!("interrupted: stopping every machine");
-            for m in machines.read().expect("machines lock").iter() {
+            for m in machines
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
                 m.kill();
             }
             if !keep {
@@ -376,7 +380,7 @@ impl Driver {
         let machine = Machine::new(cfg, rt);
         self.machines
             .write()
-            .expect("machines lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .push(machine.clone());
         Ok(machine)
     }
@@ -387,7 +391,7 @@ impl Driver {
         let condition = condition.into();
         self.conditions
             .lock()
-            .expect("conditions lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .push(condition.clone());
         ConditionGuard {
             conditions: self.conditions.clone(),
@@ -397,14 +401,17 @@ impl Driver {
 
     /// The machines, in the order they were created.
     pub fn machines(&self) -> Vec<Machine> {
-        self.machines.read().expect("machines lock").clone()
+        self.machines
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A machine by name.
     pub fn machine(&self, name: &str) -> Option<Machine> {
         self.machines
             .read()
-            .expect("machines lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .find(|m| m.name() == name)
             .cloned()
@@ -467,7 +474,7 @@ impl Driver {
     /// passed on. A global timeout turns any error into one that says so.
     pub fn subtest<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let full = {
-            let mut st = self.subtests.lock().expect("subtest lock");
+            let mut st = self.subtests.lock().unwrap_or_else(PoisonError::into_inner);
             st.stack.push(name.to_owned());
             st.stack.join(" / ")
         };
@@ -489,7 +496,7 @@ impl Driver {
                 duration.as_secs_f64()
             ),
         }
-        let mut st = self.subtests.lock().expect("subtest lock");
+        let mut st = self.subtests.lock().unwrap_or_else(PoisonError::into_inner);
         st.stack.pop();
         st.results.push(SubtestResult {
             name: full,
@@ -503,7 +510,7 @@ impl Driver {
     pub fn record_subtest(&self, result: SubtestResult) {
         self.subtests
             .lock()
-            .expect("subtest lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .results
             .push(result);
     }
@@ -512,7 +519,7 @@ impl Driver {
     /// needing the driver by value: for callers that share it (the Python shim).
     pub fn terminate(&self) {
         if let Some(w) = self.watchdog.as_ref() {
-            *w.stop.0.lock().expect("watchdog lock") = true;
+            *w.stop.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
             w.stop.1.notify_all();
         }
         for m in self.machines().iter() {
@@ -527,7 +534,11 @@ impl Driver {
 
     /// The subtests run so far, in the order they finished.
     pub fn subtest_results(&self) -> Vec<SubtestResult> {
-        self.subtests.lock().expect("subtest lock").results.clone()
+        self.subtests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .results
+            .clone()
     }
 
     /// Writes the subtests as JUnit XML.
@@ -586,7 +597,7 @@ impl Drop for ConditionGuard {
     fn drop(&mut self) {
         self.conditions
             .lock()
-            .expect("conditions lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .retain(|c| !Arc::ptr_eq(c, &self.condition));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use tracing::field::{Field, Visit};
@@ -67,7 +67,7 @@ impl<W: Write + Send + 'static> TerminalLayer<W> {
     }
 
     fn line(&self, depth: usize, text: &str) {
-        let mut out = self.out.lock().expect("log lock");
+        let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = writeln!(out, "{}{text}", "  ".repeat(depth));
     }
 }
@@ -177,7 +177,7 @@ where
         let meta = event.metadata();
         if meta.target() == TEST_ERROR_TARGET {
             let f = Fields::of_event(event);
-            let mut out = self.out.lock().expect("log lock");
+            let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = writeln!(out, "{} {}", self.paint("31", "!!!"), f.message);
             return;
         }
@@ -190,7 +190,7 @@ where
             let f = Fields::of_event(event);
             let m = f.machine.unwrap_or_default();
             let prefix = self.paint(&machine_colour(&m), &format!("{m} #"));
-            let mut out = self.out.lock().expect("log lock");
+            let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = writeln!(out, "{prefix} {}", f.message);
             return;
         }

@@ -24,7 +24,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tracing::span::{Attributes, Id};
@@ -89,7 +89,7 @@ impl XmlLog {
     /// Closes the sections still open and the document, and flushes it.
     /// Later events are not written. Idempotent.
     pub fn finish(&self) {
-        let mut st = self.state.lock().expect("xml log lock");
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         while !st.open.is_empty() {
             st.close_top();
         }
@@ -110,7 +110,7 @@ impl XmlLayer {
         }));
         state
             .lock()
-            .expect("xml log lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .write("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<logfile>\n");
         (
             XmlLayer {
@@ -137,7 +137,7 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
         let (title, machine) = Fields::of_span(attrs);
-        let mut st = self.state.lock().expect("xml log lock");
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let head_attrs: Vec<(&str, &str)> =
             machine.iter().map(|m| ("machine", m.as_str())).collect();
         let head = format!(
@@ -158,7 +158,7 @@ where
     }
 
     fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
-        let mut st = self.state.lock().expect("xml log lock");
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         // Spans of other threads may end out of order: close the inner ones too.
         if let Some(at) = st.open.iter().rposition(|o| o.id == id) {
             while st.open.len() > at {
@@ -176,7 +176,7 @@ where
         }
         let f = Fields::of_event(event);
         let machine = f.machine.clone().unwrap_or_default();
-        let mut st = self.state.lock().expect("xml log lock");
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if console {
             if crate::log::serial_stdout() {
                 let text: String = f.message.chars().filter(|c| !c.is_control()).collect();

@@ -23,7 +23,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use vmrig_backdoor::Shell;
@@ -155,7 +155,7 @@ impl Guest {
                     if echo {
                         eprintln!("{prefix} [{:7.3}] {line}", started.elapsed().as_secs_f64());
                     }
-                    let mut c = console.lock().expect("console lock");
+                    let mut c = console.lock().unwrap_or_else(PoisonError::into_inner);
                     if c.len() == CONSOLE_LINES {
                         c.pop_front();
                     }
