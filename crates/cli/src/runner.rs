@@ -577,6 +577,9 @@ fn spawn_child(
             .arg(out)
             .args(&settings.child_args)
             .env("PYTHONUNBUFFERED", "1")
+            // As in a Nix build of a NixOS test, `$out` is the output directory
+            // (scripts write `Path(os.environ["out"]) / ...`).
+            .env("out", out)
             .stdin(Stdio::null())
             .stdout(
                 writer

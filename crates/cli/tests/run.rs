@@ -448,7 +448,11 @@ fn driver_only_tests_and_ocr_turned_off() {
     std::fs::write(bare.join("vmrig.toml"), "").unwrap();
     std::fs::write(
         bare.join("test.py"),
-        "assert machines == [] and vlans == []\nwith subtest('nothing to boot'):\n    pass\n",
+        "import os\nfrom pathlib import Path\n\
+         assert machines == [] and vlans == []\n\
+         assert isinstance(driver.out_dir, Path), repr(driver.out_dir)\n\
+         assert Path(os.environ['out']) == driver.out_dir, (os.environ['out'], driver.out_dir)\n\
+         with subtest('nothing to boot'):\n    pass\n",
     )
     .unwrap();
     // enable_ocr = false: OCR fails at once with NixOS's words, before any boot.
@@ -457,7 +461,11 @@ fn driver_only_tests_and_ocr_turned_off() {
         "blind",
         "try:\n    machine.wait_for_text('foobar')\nexcept Exception as e:\n    \
          assert 'OCR requested but enableOCR is false' in str(e), str(e)\nelse:\n    \
-         raise Exception('OCR was on')\nassert not machine.booted\n",
+         raise Exception('OCR was on')\nassert not machine.booted\n\
+         from pathlib import Path\n\
+         assert all(isinstance(p, Path) for p in (machine.out_dir, machine.state_dir, machine.shared_dir))\n\
+         try:\n    log.error('log.error ends the script, as in NixOS')\nexcept SystemExit as e:\n    \
+         assert e.code == 1\nelse:\n    raise Exception('log.error returned')\n",
     );
     let toml = std::fs::read_to_string(blind.join("vmrig.toml")).unwrap();
     std::fs::write(

@@ -138,6 +138,7 @@ impl Machine {
     pub fn wait_until_tty_matches(&self, tty: &str, regex: &str, timeout: Duration) -> Result<()> {
         let re = regex::Regex::new(regex)
             .map_err(|e| self.assertion(format!("bad regex `{regex}`: {e}")))?;
+        let _log = self.nested(&format!("waiting for {regex} to appear on tty {tty}"));
         retry(
             |last| {
                 let text = self.get_tty_text(tty)?;
@@ -174,6 +175,7 @@ impl Machine {
 
     /// Types `chars` key by key.
     pub fn send_chars(&self, chars: &str, delay: Option<Duration>) -> Result<()> {
+        let _log = self.nested(&format!("sending keys {}", crate::polling::py_repr(chars)));
         let mut buf = [0u8; 4];
         for c in chars.chars() {
             self.send_key(c.encode_utf8(&mut buf), delay)?;
@@ -203,6 +205,7 @@ impl Machine {
 
     /// Waits until the X server is up (NixOS's `wait_for_x`).
     pub fn wait_for_x(&self, timeout: Duration) -> Result<()> {
+        let _log = self.nested("waiting for the X11 server");
         retry(
             |_| {
                 let cmd = "journalctl -b SYSLOG_IDENTIFIER=systemd | grep \"Reached target Current graphical\"";
@@ -226,6 +229,7 @@ impl Machine {
     pub fn wait_for_window(&self, regex: &str, timeout: Duration) -> Result<()> {
         let re = regex::Regex::new(regex)
             .map_err(|e| self.assertion(format!("bad regex `{regex}`: {e}")))?;
+        let _log = self.nested("waiting for a window to appear");
         retry(
             |_| Ok(self.get_window_names()?.iter().any(|n| re.is_match(n))),
             timeout,

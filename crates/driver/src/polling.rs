@@ -127,8 +127,8 @@ impl PollingCondition {
     }
 }
 
-/// Python's `repr` of a string, as NixOS's log shows descriptions.
-fn py_repr(s: &str) -> String {
+/// Python's `repr` of a string, as NixOS's log shows descriptions and keys.
+pub(crate) fn py_repr(s: &str) -> String {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {

@@ -6,7 +6,7 @@ import sys
 import _vmrig
 
 from .errors import MachineError
-from .logger import log
+from .logger import log, report_error
 
 
 class _RemotePdb:
@@ -114,7 +114,7 @@ class _Debug:
                 conn, _ = server.accept()
             except (socket.timeout, TimeoutError):
                 marker.stop()
-                log.error(f"no debugger attached within {self.timeout:.0f} s: going on")
+                report_error(f"no debugger attached within {self.timeout:.0f} s: going on")
                 return None
         conn.settimeout(None)
         log.info(f"debugger attached on {host}:{port}")

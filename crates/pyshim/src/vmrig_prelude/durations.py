@@ -31,6 +31,8 @@ def _seconds(value, name="timeout", default=None):
 
 def retry(fn, timeout_seconds=900):
     """Calls fn(False) every second until it returns True or time is up, then fn(True)."""
+    # The message shows the timeout as given (5, not 5.0), as NixOS's does.
+    shown = timeout_seconds if isinstance(timeout_seconds, (int, float)) else None
     timeout_seconds = _seconds(timeout_seconds, "timeout_seconds")
     start = time.monotonic()
     while time.monotonic() - start < timeout_seconds:
@@ -40,5 +42,6 @@ def retry(fn, timeout_seconds=900):
     elapsed = time.monotonic() - start
     if not fn(True):
         raise RequestedAssertionFailed(
-            f"action timed out after {elapsed:.2f} seconds (timeout={timeout_seconds})"
+            f"action timed out after {elapsed:.2f} seconds "
+            f"(timeout={timeout_seconds if shown is None else shown})"
         )

@@ -2,8 +2,14 @@
 driver's terminal and XML logs."""
 
 import contextlib
+import sys
 
 import _vmrig
+
+
+def report_error(message):
+    """An error line in the log that, unlike `log.error`, does not end the run."""
+    _vmrig.log("error", message)
 
 
 class _Logger:
@@ -15,11 +21,16 @@ class _Logger:
     def info(self, message, attributes=None):
         _vmrig.log("info", message)
 
+    def debug(self, message, attributes=None):
+        _vmrig.log("debug", message)
+
     def warning(self, message, attributes=None):
         _vmrig.log("warning", message)
 
     def error(self, message, attributes=None):
+        """As NixOS's: logs the error and ends the test script (SystemExit 1)."""
         _vmrig.log("error", message)
+        sys.exit(1)
 
     @contextlib.contextmanager
     def nested(self, message, attributes=None):

@@ -1,6 +1,7 @@
 """NixOS's Machine over the driver's (`_vmrig._Machine`)."""
 
 import sys
+from pathlib import Path
 
 import _vmrig
 
@@ -18,9 +19,10 @@ class Machine(BaseMachine):
     def __init__(self, native):
         self._m = native
         self.name = native.name
-        self.out_dir = native.out_dir
-        self.state_dir = native.state_dir
-        self.shared_dir = native.shared_dir
+        # pathlib.Path, as NixOS's (scripts write `machine.state_dir / "x"`).
+        self.out_dir = Path(native.out_dir)
+        self.state_dir = Path(native.state_dir)
+        self.shared_dir = Path(native.shared_dir)
         self.callbacks = []
 
     def __repr__(self):

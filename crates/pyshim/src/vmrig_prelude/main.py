@@ -4,7 +4,7 @@ import time
 import traceback
 
 from .debug import _Debug
-from .logger import log
+from .logger import log, report_error
 from .repl import _repl
 from .script import _exec_script, _exit_status, _globals, _sync
 
@@ -25,7 +25,7 @@ def _run(g, script_path, debug, global_timeout):
     try:
         _sync(g["machines"])
     except Exception as e:
-        log.error(f"syncing the machines after the test script failed: {e}")
+        report_error(f"syncing the machines after the test script failed: {e}")
         return 1
     log.info(f"test script finished in {time.monotonic() - started:.2f}s")
     return 0

@@ -2,7 +2,7 @@
 
 import contextlib
 
-from .logger import log
+from .logger import log, report_error
 from .script import _exit_status, _terminating
 
 
@@ -41,7 +41,7 @@ def _ptpython_embed():
 
     choice = os.environ.get("VMRIG_REPL", "auto")
     if choice not in ("auto", "plain", "ptpython"):
-        log.error(f"VMRIG_REPL={choice!r}: expected auto, plain or ptpython")
+        report_error(f"VMRIG_REPL={choice!r}: expected auto, plain or ptpython")
         raise SystemExit(1)
     if choice == "plain":
         return None
@@ -49,7 +49,7 @@ def _ptpython_embed():
         from ptpython.repl import embed
     except ImportError as e:
         if choice == "ptpython":
-            log.error(f"VMRIG_REPL=ptpython, but ptpython cannot be imported: {e}")
+            report_error(f"VMRIG_REPL=ptpython, but ptpython cannot be imported: {e}")
             raise SystemExit(1) from None
         return None
     return embed

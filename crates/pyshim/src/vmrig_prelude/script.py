@@ -6,13 +6,14 @@ import re
 import time
 import traceback
 import unittest
+from pathlib import Path
 
 import _vmrig
 
 from .debug import _Debug
 from .durations import retry
 from .errors import MachineError, RequestedAssertionFailed
-from .logger import log
+from .logger import log, report_error
 from .machine import BaseMachine, Machine, NspawnMachine, QemuMachine
 from .polling import PollingCondition, _polling_condition
 
@@ -80,7 +81,7 @@ def _globals(native_driver, script_path=None, nodes=None, debug=None, interactiv
     debug = debug if debug is not None else _Debug()
 
     class _Driver:
-        out_dir = native_driver.out_dir
+        out_dir = Path(native_driver.out_dir)
 
         def __init__(self):
             self.machines = machines
@@ -112,7 +113,7 @@ def _globals(native_driver, script_path=None, nodes=None, debug=None, interactiv
                 yield
             except BaseException as e:
                 failure = f"{type(e).__name__}: {e}"
-                log.error(f'Test "{name}" failed with error: "{e}"')
+                report_error(f'Test "{name}" failed with error: "{e}"')
                 raise
             finally:
                 native_driver.record_subtest(name, time.monotonic() - start, failure)
