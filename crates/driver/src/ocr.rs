@@ -45,11 +45,17 @@ fn tesseract(image: &Path) -> std::io::Result<std::process::Output> {
         .output()
 }
 
+/// Where processed copies split ink from paper. After normalizing and
+/// scaling, the thin strokes of a small font are mid-grey; ImageMagick's
+/// dithered posterize keeps some of them, a cut at the middle keeps them all
+/// (both test screens read right from 112 to 144).
+const INK: u8 = 128;
+
 /// NixOS's preprocessing (`-contrast -normalize -despeckle -type grayscale
 /// -sharpen 1 -posterize 3 [-negate] -gamma 100 -blur 1x65535` after the
-/// resampling). Posterizing to three levels and a gamma of 100 leave black
-/// only the darkest quarter (or, negated, the lightest quarter): the result
-/// is a binarized, slightly smoothed page.
+/// resampling), in process: normalize, scale to 300 dpi, sharpen, then
+/// binarize (what posterizing and a gamma of 100 amount to) at [`INK`], ink
+/// black on white (or, negated, what was light), and smooth slightly.
 fn preprocess(screen: &GrayImage, variant: Variant) -> GrayImage {
     let normalized = normalize(screen);
     let (w, h) = normalized.dimensions();
@@ -62,8 +68,8 @@ fn preprocess(screen: &GrayImage, variant: Variant) -> GrayImage {
     let mut binary = sharp;
     for p in binary.pixels_mut() {
         let ink = match variant {
-            Variant::Negative => p.0[0] >= 192,
-            _ => p.0[0] < 64,
+            Variant::Negative => p.0[0] >= INK,
+            _ => p.0[0] < INK,
         };
         p.0[0] = if ink { 0 } else { 255 };
     }
@@ -257,6 +263,23 @@ mod tests {
         assert_eq!(out.get_pixel(99, 0).0[0], 255);
         let flat = GrayImage::from_pixel(4, 4, image::Luma([7]));
         assert_eq!(normalize(&flat), flat);
+    }
+
+    /// The xterm prompt on an icewm screen (nixpkgs' x11 test, on a debian
+    /// guest): small dark text on white that the raw reading misses.
+    #[test]
+    fn processed_variants_read_a_small_xterm_prompt() {
+        let dir = tempfile::tempdir().unwrap();
+        let shot = dir.path().join("screen.png");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ocr-xterm.png"),
+            &shot,
+        )
+        .unwrap();
+        let texts = read(&shot, &ALL).unwrap();
+        let prompt = regex::Regex::new(r"root@x11:/tmp#").unwrap();
+        assert!(!prompt.is_match(&texts[0]), "{texts:?}");
+        assert!(texts[1..].iter().any(|t| prompt.is_match(t)), "{texts:?}");
     }
 
     /// The processed readings find the prompt that the raw one misreads on a
