@@ -245,7 +245,9 @@ impl Driver {
             }
             let dir = run_dir.path().join(format!("vde{nr}.ctl"));
             let switch = rt
-                .block_on(Switch::start(SwitchOptions::new(&dir)))
+                // A hub, as NixOS's `vde_switch --hub`: every machine on the VLAN
+                // sees every frame (a sniffer in one guest sees the others).
+                .block_on(Switch::start(SwitchOptions::new(&dir).hub(true)))
                 .map_err(|e| {
                     Error::Setup(format!(
                         "cannot start the switch of VLAN {nr} at {}: {e}",

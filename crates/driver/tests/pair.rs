@@ -177,6 +177,7 @@ fn pair_through_the_driver() {
 
     // Link faults at the switch (what NixOS lacks): this machine's port, then a partition.
     let vlan1 = &driver.vlans()[0];
+    assert!(vlan1.switch().is_hub(), "VLANs are hubs, as NixOS's");
     let pcap = vlan1.start_capture(None).unwrap();
     client.set_loss(1, 100.0).unwrap();
     client.fail(&["ping -c 2 -W 1 server"], None).unwrap();
