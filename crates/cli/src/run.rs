@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// falls back to TCG.
     #[arg(long, default_value = "tcg", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// Boot every machine instead of restoring snapshots, and save none
+    /// (tests of the boot itself; `snapshot = false` does it for one node).
+    #[arg(long = "no-snapshots")]
+    pub no_snapshots: bool,
     /// Internal: run the one DIR in this process with its guests built in this directory.
     #[arg(long, hide = true)]
     pub child_guests: Option<PathBuf>,
@@ -259,6 +263,9 @@ fn child_args(args: &RunArgs) -> Vec<String> {
     if args.keep_machine_state {
         v.push("--keep-machine-state".to_owned());
     }
+    if args.no_snapshots {
+        v.push("--no-snapshots".to_owned());
+    }
     v
 }
 
@@ -289,6 +296,13 @@ fn child(args: &RunArgs, guests: &Path) -> ExitCode {
         test_script: Some(dir.join("test.py")),
         nodes: serde_json::to_value(&def.nodes).ok(),
         ocr: def.enable_ocr,
+        snapshots: !args.no_snapshots,
+        no_snapshot: def
+            .nodes
+            .values()
+            .filter(|n| !n.snapshot)
+            .map(|n| n.name.clone())
+            .collect(),
     };
     let flags = crate::test_run::CompatArgs {
         keep_machine_state: args.keep_machine_state,

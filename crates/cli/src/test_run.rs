@@ -38,6 +38,10 @@ pub struct CompatArgs {
     /// debug, info, warning or error.
     #[arg(long = "log-level", env = "logLevel", default_value = "info", value_parser = ["debug", "info", "warning", "error"])]
     pub log_level: String,
+    /// Save each machine when it is first ready and restore it in later runs
+    /// instead of booting (vmrig's; off by default with NixOS's command lines).
+    #[arg(long = "snapshots")]
+    pub snapshots: bool,
     /// Older generation: the start scripts (`run-<name>-vm`).
     #[arg(long = "start-scripts", num_args = 1.., env = "startScripts", value_delimiter = ' ')]
     pub start_scripts: Vec<PathBuf>,
@@ -66,6 +70,10 @@ pub(crate) struct Plan {
     pub nodes: Option<serde_json::Value>,
     /// Whether OCR is allowed (NixOS's `enableOCR`).
     pub ocr: bool,
+    /// Whether machines are saved when ready and restored in later runs.
+    pub snapshots: bool,
+    /// Machines that always boot (`snapshot = false`).
+    pub no_snapshot: Vec<String>,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -133,6 +141,8 @@ pub fn compat(mut args: CompatArgs) -> ExitCode {
                 test_script,
                 nodes: None,
                 ocr: true,
+                snapshots: args.snapshots,
+                no_snapshot: Vec::new(),
             }
         }
     };
@@ -155,6 +165,8 @@ fn from_config(path: &Path, args: &CompatArgs) -> Result<Plan, String> {
         test_script,
         nodes: None,
         ocr: config.enable_ocr.unwrap_or(true),
+        snapshots: args.snapshots,
+        no_snapshot: Vec::new(),
     })
 }
 
@@ -186,8 +198,16 @@ pub fn run_dir(dir: &Path, args: &CompatArgs) -> ExitCode {
         vlans: built.definition.vlans(),
         global_timeout: args.global_timeout.unwrap_or(3600),
         test_script: Some(test_script),
-        nodes,
         ocr: built.definition.enable_ocr,
+        snapshots: true,
+        no_snapshot: built
+            .definition
+            .nodes
+            .values()
+            .filter(|n| !n.snapshot)
+            .map(|n| n.name.clone())
+            .collect(),
+        nodes,
     };
     execute(plan, args)
 }
@@ -206,6 +226,10 @@ pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
     opts.keep_state = args.keep_machine_state;
     opts.global_timeout = Duration::from_secs(plan.global_timeout);
     opts.ocr = plan.ocr;
+    opts.snapshots = plan
+        .snapshots
+        .then(vmrig_driver::snapshot::Store::default_store);
+    opts.no_snapshot = plan.no_snapshot;
     // A script blocked in a machine call fails as soon as the machines are killed;
     // one that never calls the driver again ends here, as under NixOS.
     opts.exit_after_timeout = Some(vmrig_driver::EXIT_AFTER_TIMEOUT);

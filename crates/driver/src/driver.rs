@@ -47,6 +47,11 @@ pub struct DriverOptions {
     /// Whether machines may read their screen (NixOS's `enableOCR`); when
     /// off, OCR calls fail at once with NixOS's error.
     pub ocr: bool,
+    /// The snapshot store: machines are saved when first ready and restored
+    /// in later runs (`None`, the default: every machine boots).
+    pub snapshots: Option<crate::snapshot::Store>,
+    /// Machines that always boot even with a store (`snapshot = false`).
+    pub no_snapshot: Vec<String>,
 }
 
 impl DriverOptions {
@@ -63,6 +68,8 @@ impl DriverOptions {
             handle_signals: true,
             exit_after_timeout: None,
             ocr: true,
+            snapshots: None,
+            no_snapshot: Vec::new(),
         }
     }
 }
@@ -370,6 +377,11 @@ impl Driver {
             conditions: self.conditions.clone(),
             boot_timeout: self.opts.boot_timeout,
             ocr: self.opts.ocr,
+            snapshots: self
+                .opts
+                .snapshots
+                .clone()
+                .filter(|_| !self.opts.no_snapshot.contains(&name)),
             start_script: std::path::absolute(script).unwrap_or_else(|_| script.to_owned()),
             name,
         };

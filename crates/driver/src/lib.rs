@@ -52,6 +52,7 @@ mod polling;
 
 mod report;
 mod retry;
+pub mod snapshot;
 mod systemd;
 pub mod xml_log;
 

@@ -13,6 +13,7 @@
 //! -chardev socket,id=shell,path=<state>/shell
 //! -device virtio-serial -device virtconsole,chardev=shell -device virtio-rng-pci
 //! -serial stdio [-no-reboot unless allow_reboot] [-nographic without a display]
+//! [-device vmgenid when snapshots are on] [-incoming defer when restoring one]
 //! ```
 //!
 //! The rest of the script's environment (`QEMU_OPTS`, `QEMU_KERNEL_PARAMS`,
@@ -70,6 +71,12 @@ pub struct StartContract {
     pub allow_reboot: bool,
     /// Leave out `-nographic`; [`StartContract::new`] sets it from [`has_display`].
     pub graphics: bool,
+    /// Add `-device vmgenid`: a machine that may be snapshotted gets a new
+    /// generation id in each restored copy, which reseeds the guest's RNG.
+    pub vmgenid: bool,
+    /// Add `-incoming defer`: QEMU waits for a migration stream (a snapshot
+    /// restore) given later through QMP's `migrate-incoming`.
+    pub incoming: bool,
 }
 
 impl StartContract {
@@ -87,6 +94,8 @@ impl StartContract {
             vde_sockets: Vec::new(),
             allow_reboot: false,
             graphics: has_display(),
+            vmgenid: false,
+            incoming: false,
         }
     }
 
@@ -135,6 +144,12 @@ impl StartContract {
         if !self.graphics {
             args.push("-nographic".into());
         }
+        if self.vmgenid {
+            args.extend(["-device", "vmgenid"].map(OsString::from));
+        }
+        if self.incoming {
+            args.extend(["-incoming", "defer"].map(OsString::from));
+        }
         args
     }
 
@@ -158,6 +173,26 @@ impl StartContract {
             ));
         }
         env
+    }
+
+    /// `arg` with this run's own paths (state and shared directories, VLAN
+    /// sockets) replaced by placeholders: what stays is the same in every run
+    /// of the same machine, so a snapshot's key and check can compare it.
+    pub fn without_run_paths(&self, arg: &str) -> String {
+        let mut paths: Vec<(String, String)> = vec![
+            (self.state_dir.to_string_lossy().into_owned(), "@STATE@".to_owned()),
+            (self.shared_dir.to_string_lossy().into_owned(), "@SHARED@".to_owned()),
+        ];
+        for (vlan, sock) in &self.vde_sockets {
+            paths.push((sock.to_string_lossy().into_owned(), format!("@VDE{vlan}@")));
+        }
+        // Longest first: one path may be a prefix of another.
+        paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let mut out = arg.to_owned();
+        for (path, placeholder) in paths.iter().filter(|(p, _)| !p.is_empty()) {
+            out = out.replace(path.as_str(), placeholder);
+        }
+        out
     }
 
     /// `script` with the options and environment of the contract, run in the
@@ -226,6 +261,29 @@ mod tests {
         let args = strings(c.qemu_args());
         assert_eq!(args.last().map(String::as_str), Some("stdio"));
         assert!(!args.iter().any(|a| a == "-no-reboot" || a == "-nographic"));
+    }
+
+    #[test]
+    fn snapshot_flags_come_last() {
+        let mut c = contract();
+        c.vmgenid = true;
+        c.incoming = true;
+        let args = strings(c.qemu_args());
+        assert_eq!(
+            args[args.len() - 4..],
+            ["-device", "vmgenid", "-incoming", "defer"]
+        );
+    }
+
+    #[test]
+    fn run_paths_become_placeholders() {
+        let mut c = StartContract::new("a", "/r/vm-state-a", "/r/vm-state-a-shared");
+        c.vde_sockets = vec![(1, "/r/vde1.ctl".into())];
+        assert_eq!(
+            c.without_run_paths("x=/r/vm-state-a-shared,y=/r/vm-state-a/qmp,z=/r/vde1.ctl"),
+            "x=@SHARED@,y=@STATE@/qmp,z=@VDE1@"
+        );
+        assert_eq!(c.without_run_paths("-m"), "-m");
     }
 
     #[test]

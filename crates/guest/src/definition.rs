@@ -94,6 +94,10 @@ pub struct Node {
     /// screenshots, OCR and keyboard input; boots the bzImage, which is slower
     /// under TCG than the PVH boot used otherwise.
     pub graphics: bool,
+    /// Whether `vmrig run` may save the node when it is first ready and
+    /// restore it in later runs instead of booting (default true; false for
+    /// tests of the boot itself).
+    pub snapshot: bool,
 }
 
 /// A node's NIC on one VLAN.
@@ -206,6 +210,12 @@ struct RawNode {
     kernel_params: Vec<String>,
     #[serde(default)]
     graphics: bool,
+    #[serde(default = "yes")]
+    snapshot: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -532,6 +542,7 @@ impl Node {
             files,
             kernel_params: raw.kernel_params,
             graphics: raw.graphics,
+            snapshot: raw.snapshot,
         })
     }
 }

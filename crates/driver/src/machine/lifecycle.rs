@@ -49,9 +49,54 @@ impl Machine {
             .map_err(|e| io(&format!("cannot create {}", cfg.state_dir.display()), e))?;
         std::fs::create_dir_all(&cfg.shared_dir)
             .map_err(|e| io(&format!("cannot create {}", cfg.shared_dir.display()), e))?;
+        let mut contract = self.contract(allow_reboot);
+        let plan = self.snapshot_plan(&contract);
+        if let Some(plan) = &plan {
+            contract.vmgenid = true;
+            if let Some(entry) = &plan.entry {
+                match self.restore(&mut contract.clone(), entry).await {
+                    Ok(r) => {
+                        self.inner.booted.store(true, Ordering::SeqCst);
+                        self.inner.connected.store(true, Ordering::SeqCst);
+                        *running = Some(r);
+                        return Ok(());
+                    }
+                    Err(why) => {
+                        tracing::warn!(machine = %cfg.name, "snapshot {} removed, booting cold: {why}", plan.key);
+                        if let Some(store) = &cfg.snapshots {
+                            let _ = store.remove(&plan.key);
+                        }
+                    }
+                }
+            }
+        }
+        let r = self.launch(&contract).await?;
+        if let Some(plan) = plan {
+            self.plan_save(plan.key);
+        }
+        self.inner.booted.store(true, Ordering::SeqCst);
+        self.inner.connected.store(false, Ordering::SeqCst);
+        let pid = self.inner.pid.load(Ordering::SeqCst);
+        tracing::info!(machine = %cfg.name, pid, "QEMU running (pid {pid}) after {:.2} s", started.elapsed().as_secs_f64());
+        *running = Some(r);
+        Ok(())
+    }
+
+    /// The start-script contract of this machine's run.
+    pub(super) fn contract(&self, allow_reboot: bool) -> StartContract {
+        let cfg = &self.inner.cfg;
         let mut contract = StartContract::new(cfg.name.as_str(), &cfg.state_dir, &cfg.shared_dir);
         contract.vde_sockets.clone_from(&cfg.vde_sockets);
         contract.allow_reboot = allow_reboot;
+        contract
+    }
+
+    /// Runs the start script under `contract`: binds the monitor and shell
+    /// sockets, spawns it, records its output as the console, accepts both
+    /// connections and connects to QMP.
+    pub(super) async fn launch(&self, contract: &StartContract) -> Result<Running> {
+        let cfg = &self.inner.cfg;
+        let io = |what: &str, e: std::io::Error| self.machine_error(format!("{what}: {e}"));
         let (monitor_path, shell_path, qmp_path) = (
             contract.monitor_socket(),
             contract.shell_socket(),
@@ -118,18 +163,14 @@ impl Machine {
         read_monitor_prompt(&mut monitor, Duration::from_secs(30))
             .await
             .map_err(|e| self.machine_error(format!("monitor: {e}")))?;
-        self.inner.booted.store(true, Ordering::SeqCst);
-        self.inner.connected.store(false, Ordering::SeqCst);
-        tracing::info!(machine = %cfg.name, pid, "QEMU running (pid {pid}) after {:.2} s", started.elapsed().as_secs_f64());
-        *running = Some(Running {
+        Ok(Running {
             stdin,
             child,
             shell: Shell::new(shell),
             await_magic: false,
             qmp,
             monitor,
-        });
-        Ok(())
+        })
     }
 
     async fn accept(
@@ -180,6 +221,9 @@ impl Machine {
             .map_err(|e| self.backdoor_error(e, "waiting for the backdoor shell"))?;
         self.inner.connected.store(true, Ordering::SeqCst);
         tracing::info!(machine = %self.name(), "connected to the backdoor: connecting took {:.2} seconds", started.elapsed().as_secs_f64());
+        if let Some(key) = self.take_save_key() {
+            self.save_snapshot(r, &key).await;
+        }
         Ok(())
     }
 

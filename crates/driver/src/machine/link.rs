@@ -9,6 +9,7 @@ impl Machine {
     /// Unplugs (false) or plugs (true) the first VLAN NIC (`virtio-net-pci.1`,
     /// after the user-mode NIC), as NixOS's `block`/`unblock` do.
     pub fn set_link(&self, up: bool) -> Result<()> {
+        self.forgo_snapshot("a link change");
         self.block(async {
             let running = self.inner.running.lock().await;
             let r = running

@@ -11,6 +11,7 @@ mod link;
 mod monitor;
 mod screen;
 mod serial;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,6 +59,9 @@ pub struct MachineConfig {
     pub boot_timeout: Duration,
     /// Whether OCR is allowed (NixOS's `enableOCR`).
     pub ocr: bool,
+    /// Where the machine is saved when first ready, and restored from in
+    /// later runs; `None`: it always boots.
+    pub snapshots: Option<crate::snapshot::Store>,
 }
 
 /// A machine of a test run. Cheap to clone (shared handle).
@@ -81,6 +85,8 @@ struct Inner {
     console_cursor: std::sync::atomic::AtomicUsize,
     /// Set when the global timeout stopped the run's machines: none starts again.
     halted: AtomicBool,
+    /// The snapshot key to save under when the machine is first ready.
+    save_key: std::sync::Mutex<Option<String>>,
 }
 
 struct Running {
@@ -115,6 +121,7 @@ impl Machine {
                 halted: AtomicBool::new(false),
                 console_cursor: std::sync::atomic::AtomicUsize::new(0),
                 pid: std::sync::atomic::AtomicU32::new(0),
+                save_key: std::sync::Mutex::new(None),
             }),
         }
     }

@@ -13,6 +13,7 @@ impl Machine {
     /// NixOS does: QEMU's echo of the command, its answer and the `(qemu) `
     /// prompt that ends it.
     pub fn send_monitor_command(&self, command: &str) -> Result<String> {
+        self.forgo_snapshot("a monitor command");
         crate::polling::check_all(&self.inner.cfg.conditions).map_err(|e| self.with_machine(e))?;
         self.block(async {
             let mut running = self.inner.running.lock().await;

@@ -45,6 +45,7 @@ impl Machine {
 
     /// Writes bytes to the serial console's input (QEMU's stdin).
     pub fn send_console(&self, chars: &str) -> Result<()> {
+        self.forgo_snapshot("console input");
         self.block(async {
             let mut running = self.inner.running.lock().await;
             let r = running

@@ -1,0 +1,551 @@
+//! Boot once, restore many: a machine whose first boot reached readiness is
+//! saved into the snapshot store ([`crate::snapshot`]), and later runs
+//! restore it with `-incoming` instead of booting.
+//!
+//! Saving: the guest settles (`systemctl is-system-running --wait` on systemd
+//! guests) and unmounts `/tmp/shared` (a mounted 9p share blocks migration);
+//! QEMU stops, migrates to a file, the state directory's files (the disk
+//! overlay, flushed by the migration) are copied, and the guest goes on with
+//! the share mounted again. Restoring: the state directory gets qcow2
+//! overlays of the saved disks (the snapshot never changes), QEMU starts with
+//! `-incoming defer` and `-device vmgenid` (a new generation id reseeds the
+//! guest's RNG), its real command line is checked against the saved one, the
+//! stream's hash against the saved hash, and after the migration the guest's
+//! clock is set from the host's and the share is mounted again.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixStream;
+use vmrig_backdoor::{Command, Shell};
+use vmrig_guest::contract::StartContract;
+use vmrig_guest::script::sh_quote;
+use vmrig_qmp::{Cont, Migrate, MigrateIncoming, MigrationStatus, QueryMigrate, QueryStatus, Stop};
+
+use super::{Machine, Running};
+use crate::snapshot::{self, Entry, Meta, Store};
+
+/// The guest's 9p mount of the shared directory, as both guest kits make it.
+const MOUNT_SHARED: &str = "mkdir -p /tmp/shared && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none shared /tmp/shared";
+
+/// Bound for QEMU writing or reading a migration stream.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bound for a systemd guest to finish starting before it is saved.
+const SETTLE_SECS: u32 = 120;
+
+/// What `start` does about snapshots for one start of a machine.
+pub(super) struct Plan {
+    /// The key, when this start may save or restore.
+    pub key: String,
+    /// The entry to restore, when there is one.
+    pub entry: Option<Entry>,
+}
+
+impl Machine {
+    fn store(&self) -> Option<&Store> {
+        self.inner.cfg.snapshots.as_ref()
+    }
+
+    /// Whether this start may use a snapshot, and which: only a first start
+    /// on an empty state directory (a disk left by an earlier boot is state
+    /// no snapshot holds).
+    pub(super) fn snapshot_plan(&self, contract: &StartContract) -> Option<Plan> {
+        let store = self.store()?;
+        let cfg = &self.inner.cfg;
+        if let Some(file) = state_files(&cfg.state_dir).first() {
+            tracing::info!(machine = %cfg.name, "no snapshot: the state directory holds {} from an earlier boot", file.display());
+            return None;
+        }
+        let key = match snapshot::key(&cfg.start_script, contract) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(machine = %cfg.name, "no snapshot: cannot read {}: {e}", cfg.start_script.display());
+                return None;
+            }
+        };
+        let entry = store.lookup(&key);
+        Some(Plan { key, entry })
+    }
+
+    /// A QMP or monitor action, or console input, before the first connection
+    /// shapes the machine beyond its inputs: its readiness is not saved.
+    pub(super) fn forgo_snapshot(&self, why: &str) {
+        let mut key = self
+            .inner
+            .save_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if key.take().is_some() {
+            tracing::info!(machine = %self.name(), "no snapshot: {why} before the machine was ready");
+        }
+    }
+
+    pub(super) fn plan_save(&self, key: String) {
+        *self
+            .inner
+            .save_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(key);
+    }
+
+    pub(super) fn take_save_key(&self) -> Option<String> {
+        self.inner
+            .save_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Restores `entry` into a new QEMU; on success the machine is connected.
+    /// On failure QEMU is gone and the state directory empty again.
+    pub(super) async fn restore(
+        &self,
+        contract: &mut StartContract,
+        entry: &Entry,
+    ) -> Result<Running, String> {
+        let started = Instant::now();
+        let cfg = &self.inner.cfg;
+        let ram = entry.ram();
+        let hashing = tokio::task::spawn_blocking(move || hash_file(&ram));
+        prepare_disks(entry, &cfg.state_dir).await?;
+        contract.vmgenid = true;
+        contract.incoming = true;
+        let mut r = self
+            .launch(contract)
+            .await
+            .map_err(|e| format!("QEMU did not start: {e}"))?;
+        let result = self
+            .finish_restore(&mut r, contract, entry, hashing)
+            .await;
+        if let Err(e) = result {
+            let pid = r.child.id().unwrap_or(0);
+            vmrig_guest::process::kill_group(pid);
+            let _ = r.child.wait().await;
+            self.inner.pid.store(0, Ordering::SeqCst);
+            for f in state_files(&cfg.state_dir) {
+                let _ = std::fs::remove_file(f);
+            }
+            return Err(e);
+        }
+        for line in entry.console_lines() {
+            self.inner.console.push_line(&line);
+        }
+        tracing::info!(machine = %cfg.name, "restored from snapshot {} in {:.2} s (saved {}, {} MB)", entry.key, started.elapsed().as_secs_f64(), age(entry.meta.saved_at), entry.meta.ram_size >> 20);
+        Ok(r)
+    }
+
+    async fn finish_restore(
+        &self,
+        r: &mut Running,
+        contract: &StartContract,
+        entry: &Entry,
+        hashing: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
+    ) -> Result<(), String> {
+        let pid = r.child.id().unwrap_or(0);
+        let (argv, exe) = qemu_command_line(pid, contract)?;
+        if argv != entry.meta.argv || exe != entry.meta.exe {
+            return Err(format!(
+                "QEMU's command line is not the saved one (saved: {}; now: {})",
+                entry.meta.argv.join(" "),
+                argv.join(" ")
+            ));
+        }
+        let (size, hash) = hashing
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read {}: {e}", entry.ram().display()))?;
+        if size != entry.meta.ram_size || hash != entry.meta.ram_hash {
+            return Err(format!(
+                "{} is damaged ({size} bytes, saved {}; hash differs: {})",
+                entry.ram().display(),
+                entry.meta.ram_size,
+                hash != entry.meta.ram_hash
+            ));
+        }
+        let uri = format!("exec:cat {}", sh_quote(&entry.ram().to_string_lossy()));
+        r.qmp
+            .execute(MigrateIncoming { uri })
+            .await
+            .map_err(|e| format!("migrate-incoming: {e}"))?;
+        let deadline = Instant::now() + MIGRATION_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Err(format!(
+                    "QEMU refused the snapshot and exited ({status}): {}",
+                    self.inner.console.tail().trim_end().lines().last().unwrap_or("")
+                ));
+            }
+            match r.qmp.execute(QueryMigrate).await {
+                Ok(info) if info.status == Some(MigrationStatus::Completed) => break,
+                Ok(info) if info.status == Some(MigrationStatus::Failed) => {
+                    return Err(format!(
+                        "QEMU refused the snapshot: {}",
+                        info.error_desc.unwrap_or_else(|| "migration failed".into())
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Err(format!(
+                        "QEMU failed while loading the snapshot ({e}): {}",
+                        self.inner.console.tail().trim_end().lines().last().unwrap_or("")
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "loading the snapshot took over {} s",
+                    MIGRATION_TIMEOUT.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The machine was stopped to be saved, and QEMU keeps that run state.
+        let status = r
+            .qmp
+            .execute(QueryStatus)
+            .await
+            .map_err(|e| format!("query-status: {e}"))?;
+        if !status.running {
+            r.qmp
+                .execute(Cont)
+                .await
+                .map_err(|e| format!("cont: {e}"))?;
+        }
+        // The guest's shell goes on reading: no magic line comes again.
+        let (spare, _) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let shell = std::mem::replace(&mut r.shell, Shell::ready(spare));
+        r.shell = Shell::ready(shell.into_inner());
+        let mut fixup = format!("date -u -s @{} >/dev/null", snapshot::now_secs());
+        fixup.push_str(&format!("; printf '{}' >/dev/urandom", random_escapes()));
+        if entry.meta.shared_mounted {
+            fixup.push_str("; ");
+            fixup.push_str(MOUNT_SHARED);
+        }
+        let out = r
+            .shell
+            .run(
+                &Command::new(fixup.into_bytes()).timeout(Some(Duration::from_secs(30))),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|e| format!("the restored guest does not answer: {e}"))?;
+        if out.status != 0 {
+            return Err(format!(
+                "setting the clock or mounting /tmp/shared failed in the restored guest (exit {}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.output).trim()
+            ));
+        }
+        if let Some(store) = self.store() {
+            store.touch(entry);
+        }
+        Ok(())
+    }
+
+    /// Saves the machine, ready now, under `key`. Never fails the test: a
+    /// machine that cannot be saved goes on, and the log says why.
+    pub(super) async fn save_snapshot(&self, r: &mut Running, key: &str) {
+        let Some(store) = self.store() else { return };
+        let started = Instant::now();
+        let staging = match store.begin(key) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(machine = %self.name(), "no snapshot: cannot write in {}: {e}", store.dir().display());
+                return;
+            }
+        };
+        let result = self.save_into(r, &staging).await;
+        let (shared_mounted, outcome) = match result {
+            Ok(mounted) => (mounted, Ok(())),
+            Err((mounted, e)) => (mounted, Err(e)),
+        };
+        // The guest goes on as it was, saved or not.
+        let resumed = self.resume_after_save(r, shared_mounted).await;
+        let outcome = outcome.and(resumed).and_then(|()| {
+            let (ram_size, ram_hash) = hash_file(&staging.join("ram"))
+                .map_err(|e| format!("cannot read the saved stream: {e}"))?;
+            std::fs::write(staging.join("console.log"), self.inner.console.log())
+                .map_err(|e| format!("cannot write the console: {e}"))?;
+            let pid = r.child.id().unwrap_or(0);
+            let contract = self.contract(false);
+            let (argv, exe) = qemu_command_line(pid, &contract)?;
+            let meta = Meta {
+                machine: self.name().to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                argv,
+                exe,
+                ram_size,
+                ram_hash,
+                shared_mounted,
+                saved_at: snapshot::now_secs(),
+                save_secs: started.elapsed().as_secs_f64(),
+            };
+            store
+                .commit(&staging, key, &meta)
+                .map_err(|e| format!("cannot store it: {e}"))
+        });
+        match outcome {
+            Ok(entry) => tracing::info!(
+                machine = %self.name(),
+                "snapshot {key} saved in {:.2} s ({} MB on disk); later runs restore it",
+                started.elapsed().as_secs_f64(),
+                entry.size >> 20
+            ),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                tracing::info!(machine = %self.name(), "no snapshot: {e}");
+            }
+        }
+    }
+
+    /// Settles the guest, stops it and writes the stream and disks into
+    /// `staging`. Returns whether `/tmp/shared` was unmounted (to mount again).
+    async fn save_into(&self, r: &mut Running, staging: &Path) -> Result<bool, (bool, String)> {
+        let settle = format!(
+            "if command -v systemctl >/dev/null 2>&1; then timeout {SETTLE_SECS} systemctl is-system-running --wait >/dev/null 2>&1 || true; fi; \
+             if grep -q ' /tmp/shared ' /proc/mounts; then umount /tmp/shared && echo unmounted; fi"
+        );
+        let out = r
+            .shell
+            .run(
+                &Command::new(settle.into_bytes()),
+                Duration::from_secs(u64::from(SETTLE_SECS) + 60),
+            )
+            .await
+            .map_err(|e| (false, format!("the guest did not settle: {e}")))?;
+        let mounted = String::from_utf8_lossy(&out.output).contains("unmounted");
+        if out.status != 0 {
+            return Err((
+                false,
+                format!(
+                    "cannot unmount /tmp/shared in the guest: {}",
+                    String::from_utf8_lossy(&out.output).trim()
+                ),
+            ));
+        }
+        let fail = |e: String| (mounted, e);
+        // QEMU's default of 128 MiB/s would make a save take seconds.
+        r.qmp
+            .execute_raw(
+                "migrate-set-parameters",
+                serde_json::json!({ "max-bandwidth": 1u64 << 40 }),
+            )
+            .await
+            .map_err(|e| fail(format!("migrate-set-parameters: {e}")))?;
+        r.qmp
+            .execute(Stop)
+            .await
+            .map_err(|e| fail(format!("stop: {e}")))?;
+        let ram = staging.join("ram");
+        let uri = format!("exec:cat > {}", sh_quote(&ram.to_string_lossy()));
+        r.qmp
+            .execute(Migrate::new(uri))
+            .await
+            .map_err(|e| fail(format!("QEMU cannot save this machine: {e}")))?;
+        let deadline = Instant::now() + MIGRATION_TIMEOUT;
+        loop {
+            let info = r
+                .qmp
+                .execute(QueryMigrate)
+                .await
+                .map_err(|e| fail(format!("query-migrate: {e}")))?;
+            match info.status {
+                Some(MigrationStatus::Completed) => break,
+                Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
+                    return Err(fail(format!(
+                        "QEMU cannot save this machine: {}",
+                        info.error_desc.unwrap_or_else(|| "migration failed".into())
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    let _ = r.qmp.execute_raw("migrate_cancel", serde_json::json!({})).await;
+                    return Err(fail(format!(
+                        "saving took over {} s",
+                        MIGRATION_TIMEOUT.as_secs()
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        // The migration flushed the disks and handed them over: copy them now.
+        for f in state_files(&self.inner.cfg.state_dir) {
+            let to = staging.join("disk").join(f.file_name().unwrap_or_default());
+            std::fs::copy(&f, &to)
+                .map_err(|e| fail(format!("cannot copy {}: {e}", f.display())))?;
+        }
+        Ok(mounted)
+    }
+
+    async fn resume_after_save(&self, r: &mut Running, shared_mounted: bool) -> Result<(), String> {
+        let status = r
+            .qmp
+            .execute(QueryStatus)
+            .await
+            .map_err(|e| format!("query-status: {e}"))?;
+        if !status.running {
+            r.qmp
+                .execute(Cont)
+                .await
+                .map_err(|e| format!("cont: {e}"))?;
+        }
+        let mut again = format!("date -u -s @{} >/dev/null", snapshot::now_secs());
+        if shared_mounted {
+            again.push_str("; ");
+            again.push_str(MOUNT_SHARED);
+        }
+        let out = r
+            .shell
+            .run(&Command::new(again.into_bytes()), Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("the guest did not come back after saving: {e}"))?;
+        if out.status != 0 {
+            return Err(format!(
+                "mounting /tmp/shared again failed: {}",
+                String::from_utf8_lossy(&out.output).trim()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The regular files of a state directory (sockets and directories are not state).
+fn state_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Puts the saved disks into an empty state directory: qcow2 images as
+/// overlays of the saved ones (which stay unchanged), other files as copies.
+async fn prepare_disks(entry: &Entry, state_dir: &Path) -> Result<(), String> {
+    for saved in state_files(&entry.disk_dir()) {
+        let target = state_dir.join(saved.file_name().unwrap_or_default());
+        if is_qcow2(&saved) {
+            let qemu_img =
+                std::env::var_os("VMRIG_QEMU_IMG").unwrap_or_else(|| "qemu-img".into());
+            let out = tokio::process::Command::new(&qemu_img)
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&saved)
+                .arg(&target)
+                .output()
+                .await
+                .map_err(|e| format!("cannot run {}: {e}", qemu_img.to_string_lossy()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "qemu-img cannot make an overlay of {}: {}",
+                    saved.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        } else {
+            std::fs::copy(&saved, &target)
+                .map_err(|e| format!("cannot copy {}: {e}", saved.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_qcow2(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"QFI\xfb"
+}
+
+/// Size and BLAKE3 of a file.
+fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut h = blake3::Hasher::new();
+    let size = std::io::copy(&mut std::fs::File::open(path)?, &mut h)?;
+    Ok((size, h.finalize().to_hex().to_string()))
+}
+
+/// QEMU's command line without the run's own paths and the restore's
+/// `-incoming defer`, and its executable.
+fn qemu_command_line(pid: u32, contract: &StartContract) -> Result<(Vec<String>, PathBuf), String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|e| format!("cannot read QEMU's command line: {e}"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| format!("cannot read QEMU's executable: {e}"))?;
+    let mut argv: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| contract.without_run_paths(&String::from_utf8_lossy(a)))
+        .collect();
+    if let Some(i) = argv.windows(2).position(|w| w == ["-incoming", "defer"]) {
+        argv.drain(i..i + 2);
+    }
+    Ok((argv, exe))
+}
+
+/// 32 random bytes as `printf` escapes, to stir the guest's pool after a restore.
+fn random_escapes() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        // Without the host's pool, at least differ per call (vmgenid reseeds anyway).
+        use std::hash::{BuildHasher, Hasher};
+        let state = std::collections::hash_map::RandomState::new();
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&state.build_hasher().finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+fn age(saved_at: u64) -> String {
+    let secs = snapshot::now_secs().saturating_sub(saved_at);
+    match secs {
+        0..=119 => format!("{secs} s ago"),
+        120..=7199 => format!("{} min ago", secs / 60),
+        _ => format!("{} h ago", secs / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_is_known_by_its_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("a.qcow2");
+        std::fs::write(&q, b"QFI\xfb\0\0\0\x03").unwrap();
+        let other = dir.path().join("efi.fd");
+        std::fs::write(&other, b"\0\0\0\0").unwrap();
+        assert!(is_qcow2(&q));
+        assert!(!is_qcow2(&other));
+        assert!(!is_qcow2(&dir.path().join("missing")));
+    }
+
+    #[test]
+    fn random_escapes_differ_and_are_octal() {
+        let (a, b) = (random_escapes(), random_escapes());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32 * 4);
+        assert!(a.split('\\').skip(1).all(|o| o.len() == 3 && o.bytes().all(|c| (b'0'..=b'7').contains(&c))));
+    }
+
+    #[test]
+    fn the_command_line_of_this_process_reads_back() {
+        let contract = StartContract::new("t", "/nonexistent-state", "/nonexistent-shared");
+        let (argv, exe) = qemu_command_line(std::process::id(), &contract).unwrap();
+        assert!(!argv.is_empty());
+        assert_eq!(exe, std::env::current_exe().unwrap());
+    }
+}
