@@ -213,13 +213,61 @@ pub fn entries() -> Vec<Hit> {
 #[derive(clap::Subcommand)]
 pub enum CacheCommand {
     /// Forget passing results, so `vmrig run` runs those tests again: all of
-    /// them, or those of the given test directories or test names.
+    /// them, or those of the given test directories or test names. Without
+    /// names, machine snapshots go too.
     Clear {
         /// Test directories or names (a directory's name is the test's name).
         tests: Vec<String>,
+        /// Remove only the machine snapshots (every later machine boots once
+        /// and is saved again).
+        #[arg(long, conflicts_with = "tests")]
+        snapshots: bool,
     },
-    /// List the cached results.
+    /// List the cached results and the machine snapshots.
     List,
+}
+
+/// The snapshot store's entries as lines: key, machine, size, age.
+fn list_snapshots() {
+    let store = vmrig_driver::snapshot::Store::default_store();
+    let entries = store.list();
+    if entries.is_empty() {
+        println!("no machine snapshots in {}", store.dir().display());
+        return;
+    }
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    println!(
+        "machine snapshots in {} ({} MiB of {} MiB):",
+        store.dir().display(),
+        total >> 20,
+        store.cap() >> 20
+    );
+    for e in entries {
+        let age = SystemTime::now()
+            .duration_since(e.last_used)
+            .unwrap_or_default();
+        println!(
+            "{}\t{}\t{} MiB\tused {} ago\tsaved in {:.2} s",
+            e.key,
+            e.meta.machine,
+            e.size >> 20,
+            human_age(age),
+            e.meta.save_secs
+        );
+    }
+}
+
+fn clear_snapshots() -> Result<()> {
+    let store = vmrig_driver::snapshot::Store::default_store();
+    let (n, bytes) = store
+        .clear()
+        .with_context(|| format!("cannot remove {}", store.dir().display()))?;
+    println!(
+        "removed {n} machine snapshot(s), {} MiB, from {}",
+        bytes >> 20,
+        store.dir().display()
+    );
+    Ok(())
 }
 
 /// Runs a `vmrig cache` command.
@@ -239,9 +287,13 @@ pub fn command(cmd: CacheCommand) -> Result<()> {
                     hit.location().display()
                 );
             }
+            list_snapshots();
             Ok(())
         }
-        CacheCommand::Clear { tests } if tests.is_empty() => {
+        CacheCommand::Clear {
+            snapshots: true, ..
+        } => clear_snapshots(),
+        CacheCommand::Clear { tests, .. } if tests.is_empty() => {
             let results = results_dir();
             let n = entries().len();
             if results.exists() {
@@ -249,9 +301,9 @@ pub fn command(cmd: CacheCommand) -> Result<()> {
                     .with_context(|| format!("cannot remove {}", results.display()))?;
             }
             println!("removed {n} cached result(s) from {}", results.display());
-            Ok(())
+            clear_snapshots()
         }
-        CacheCommand::Clear { tests } => {
+        CacheCommand::Clear { tests, .. } => {
             for test in tests {
                 // A directory names one test exactly; a bare name may match several.
                 let dir = Path::new(&test)

@@ -43,7 +43,7 @@ enum Command {
     /// Run test directories (DIR/vmrig.toml and DIR/test.py), in parallel,
     /// skipping those that passed unchanged before.
     Run(run::RunArgs),
-    /// The result cache of `vmrig run` (cleared with `vmrig cache clear`).
+    /// The result cache of `vmrig run` and its machine snapshots (`vmrig cache list`, `vmrig cache clear`).
     #[command(subcommand)]
     Cache(cache::CacheCommand),
     /// Check the host: QEMU, kernel, KVM, vde2, Python, tesseract, debootstrap.

@@ -1,6 +1,6 @@
 //! The examples run end to end through `vmrig run`, as a new user runs them:
-//! each passes, and a second run with unchanged inputs answers from the result
-//! cache. The debian ones (the nix.dev tutorial's tests) build Debian images
+//! each passes, a second run with unchanged inputs answers from the result
+//! cache, and a third forced one restores every machine from its snapshot. The debian ones (the nix.dev tutorial's tests) build Debian images
 //! on first use and boot systemd guests: they are `#[ignore]`d so a plain
 //! `cargo test` stays quick, and `./test.sh` runs them in its second pass.
 //!
@@ -62,6 +62,25 @@ fn run_example(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     assert!(
         stderr.contains(&format!("vmrig: {name}: cached: passed")),
         "{stderr}"
+    );
+
+    // Forced again: every machine is restored from the snapshot the first run saved.
+    let third = vmrig()
+        .args(["run", &dir, "--rerun", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&third.stdout);
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        third.status.success(),
+        "examples/{name} failed after a restore:\n{stdout}\n{stderr}"
+    );
+    let log = std::fs::read_to_string(out.join("log.txt")).unwrap();
+    assert!(log.contains("restored from snapshot"), "{log}");
+    assert!(
+        !log.contains("later runs restore it"),
+        "a machine booted instead of being restored:\n{log}"
     );
     (out_dir, out)
 }

@@ -122,10 +122,16 @@ impl Store {
         &self.dir
     }
 
+    /// The size cap in bytes.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
     /// The entry for `key`, if a whole one is there.
     pub fn lookup(&self, key: &str) -> Option<Entry> {
         let dir = self.dir.join(key);
-        let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        let meta: Meta =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
         let last_used = std::fs::metadata(dir.join("meta.json"))
             .and_then(|m| m.modified())
             .unwrap_or(UNIX_EPOCH);
@@ -163,7 +169,7 @@ impl Store {
                     .flatten()
             })
             .collect();
-        entries.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         entries
     }
 
@@ -189,9 +195,7 @@ impl Store {
 
     /// A directory to write a new entry in, renamed into place by [`Store::commit`].
     pub fn begin(&self, key: &str) -> std::io::Result<PathBuf> {
-        let staging = self
-            .dir
-            .join(format!(".tmp-{key}-{}", std::process::id()));
+        let staging = self.dir.join(format!(".tmp-{key}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(staging.join("disk"))?;
         Ok(staging)
@@ -291,12 +295,20 @@ pub fn key(script: &Path, contract: &StartContract) -> std::io::Result<String> {
         field(file_identity(&q).as_bytes());
     }
     for arg in contract.qemu_args() {
-        field(contract.without_run_paths(&arg.to_string_lossy()).as_bytes());
+        field(
+            contract
+                .without_run_paths(&arg.to_string_lossy())
+                .as_bytes(),
+        );
     }
     for var in SHAPING_ENV {
         let value = std::env::var_os(var).unwrap_or_default();
         field(var.as_bytes());
-        field(contract.without_run_paths(&value.to_string_lossy()).as_bytes());
+        field(
+            contract
+                .without_run_paths(&value.to_string_lossy())
+                .as_bytes(),
+        );
     }
     Ok(h.finalize().to_hex()[..32].to_owned())
 }
@@ -433,21 +445,40 @@ mod tests {
         let write_script = |params: &str| {
             std::fs::write(
                 &script,
-                format!("#!/bin/sh\nexec qemu -kernel '{}' -append \"{params}\"\n", kernel.display()),
+                format!(
+                    "#!/bin/sh\nexec qemu -kernel '{}' -append \"{params}\"\n",
+                    kernel.display()
+                ),
             )
             .unwrap();
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         };
         write_script("quiet");
-        let run1 = StartContract::new("a", dir.path().join("run1/state"), dir.path().join("run1/shared"));
-        let run2 = StartContract::new("a", dir.path().join("run2/state"), dir.path().join("run2/shared"));
+        let run1 = StartContract::new(
+            "a",
+            dir.path().join("run1/state"),
+            dir.path().join("run1/shared"),
+        );
+        let run2 = StartContract::new(
+            "a",
+            dir.path().join("run2/state"),
+            dir.path().join("run2/shared"),
+        );
         let k = key(&script, &run1).unwrap();
-        assert_eq!(k, key(&script, &run2).unwrap(), "run paths are not part of the key");
+        assert_eq!(
+            k,
+            key(&script, &run2).unwrap(),
+            "run paths are not part of the key"
+        );
         write_script("quiet panic=5");
         let k2 = key(&script, &run1).unwrap();
         assert_ne!(k, k2, "a kernel parameter changes the key");
         std::fs::write(&kernel, b"another kernel").unwrap();
-        assert_ne!(k2, key(&script, &run1).unwrap(), "the kernel changes the key");
+        assert_ne!(
+            k2,
+            key(&script, &run1).unwrap(),
+            "the kernel changes the key"
+        );
         let mut reboot = run1.clone();
         reboot.allow_reboot = true;
         assert_ne!(key(&script, &run1).unwrap(), key(&script, &reboot).unwrap());
@@ -458,7 +489,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("initrd");
         std::fs::write(&f, b"x").unwrap();
-        let text = format!("-initrd '{}' -b {},x /nonexistent {}", f.display(), f.display(), dir.path().display());
+        let text = format!(
+            "-initrd '{}' -b {},x /nonexistent {}",
+            f.display(),
+            f.display(),
+            dir.path().display()
+        );
         assert_eq!(named_files(&text), [f]);
     }
 }

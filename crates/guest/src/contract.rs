@@ -180,8 +180,14 @@ impl StartContract {
     /// of the same machine, so a snapshot's key and check can compare it.
     pub fn without_run_paths(&self, arg: &str) -> String {
         let mut paths: Vec<(String, String)> = vec![
-            (self.state_dir.to_string_lossy().into_owned(), "@STATE@".to_owned()),
-            (self.shared_dir.to_string_lossy().into_owned(), "@SHARED@".to_owned()),
+            (
+                self.state_dir.to_string_lossy().into_owned(),
+                "@STATE@".to_owned(),
+            ),
+            (
+                self.shared_dir.to_string_lossy().into_owned(),
+                "@SHARED@".to_owned(),
+            ),
         ];
         for (vlan, sock) in &self.vde_sockets {
             paths.push((sock.to_string_lossy().into_owned(), format!("@VDE{vlan}@")));

@@ -110,15 +110,15 @@ impl Machine {
         let ram = entry.ram();
         let hashing = tokio::task::spawn_blocking(move || hash_file(&ram));
         prepare_disks(entry, &cfg.state_dir).await?;
+        tracing::debug!(machine = %cfg.name, "restore: disks ready after {:.3} s", started.elapsed().as_secs_f64());
         contract.vmgenid = true;
         contract.incoming = true;
         let mut r = self
             .launch(contract)
             .await
             .map_err(|e| format!("QEMU did not start: {e}"))?;
-        let result = self
-            .finish_restore(&mut r, contract, entry, hashing)
-            .await;
+        tracing::debug!(machine = %cfg.name, "restore: QEMU connected after {:.3} s", started.elapsed().as_secs_f64());
+        let result = self.finish_restore(&mut r, contract, entry, hashing).await;
         if let Err(e) = result {
             let pid = r.child.id().unwrap_or(0);
             vmrig_guest::process::kill_group(pid);
@@ -164,6 +164,8 @@ impl Machine {
                 hash != entry.meta.ram_hash
             ));
         }
+        tracing::debug!(machine = %self.name(), "restore: command line and stream checked");
+        let t = Instant::now();
         let uri = format!("exec:cat {}", sh_quote(&entry.ram().to_string_lossy()));
         r.qmp
             .execute(MigrateIncoming { uri })
@@ -175,7 +177,13 @@ impl Machine {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return Err(format!(
                     "QEMU refused the snapshot and exited ({status}): {}",
-                    self.inner.console.tail().trim_end().lines().last().unwrap_or("")
+                    self.inner
+                        .console
+                        .tail()
+                        .trim_end()
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 ));
             }
             match r.qmp.execute(QueryMigrate).await {
@@ -191,7 +199,13 @@ impl Machine {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     return Err(format!(
                         "QEMU failed while loading the snapshot ({e}): {}",
-                        self.inner.console.tail().trim_end().lines().last().unwrap_or("")
+                        self.inner
+                            .console
+                            .tail()
+                            .trim_end()
+                            .lines()
+                            .last()
+                            .unwrap_or("")
                     ));
                 }
             }
@@ -203,6 +217,7 @@ impl Machine {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        tracing::debug!(machine = %self.name(), "restore: stream loaded in {:.3} s", t.elapsed().as_secs_f64());
         // The machine was stopped to be saved, and QEMU keeps that run state.
         let status = r
             .qmp
@@ -233,6 +248,7 @@ impl Machine {
             )
             .await
             .map_err(|e| format!("the restored guest does not answer: {e}"))?;
+        tracing::debug!(machine = %self.name(), "restore: guest fixed up {:.3} s after the stream", t.elapsed().as_secs_f64());
         if out.status != 0 {
             return Err(format!(
                 "setting the clock or mounting /tmp/shared failed in the restored guest (exit {}): {}",
@@ -250,7 +266,7 @@ impl Machine {
     /// machine that cannot be saved goes on, and the log says why.
     pub(super) async fn save_snapshot(&self, r: &mut Running, key: &str) {
         let Some(store) = self.store() else { return };
-        let started = Instant::now();
+        let mut started = Instant::now();
         let staging = match store.begin(key) {
             Ok(s) => s,
             Err(e) => {
@@ -258,7 +274,7 @@ impl Machine {
                 return;
             }
         };
-        let result = self.save_into(r, &staging).await;
+        let result = self.save_into(r, &staging, &mut started).await;
         let (shared_mounted, outcome) = match result {
             Ok(mounted) => (mounted, Ok(())),
             Err((mounted, e)) => (mounted, Err(e)),
@@ -304,7 +320,12 @@ impl Machine {
 
     /// Settles the guest, stops it and writes the stream and disks into
     /// `staging`. Returns whether `/tmp/shared` was unmounted (to mount again).
-    async fn save_into(&self, r: &mut Running, staging: &Path) -> Result<bool, (bool, String)> {
+    async fn save_into(
+        &self,
+        r: &mut Running,
+        staging: &Path,
+        started: &mut Instant,
+    ) -> Result<bool, (bool, String)> {
         let settle = format!(
             "if command -v systemctl >/dev/null 2>&1; then timeout {SETTLE_SECS} systemctl is-system-running --wait >/dev/null 2>&1 || true; fi; \
              if grep -q ' /tmp/shared ' /proc/mounts; then umount /tmp/shared && echo unmounted; fi"
@@ -318,6 +339,9 @@ impl Machine {
             .await
             .map_err(|e| (false, format!("the guest did not settle: {e}")))?;
         let mounted = String::from_utf8_lossy(&out.output).contains("unmounted");
+        tracing::debug!(machine = %self.name(), "snapshot: the guest settled in {:.2} s", started.elapsed().as_secs_f64());
+        // Waiting for the guest to finish booting is the boot's time, not the save's.
+        *started = Instant::now();
         if out.status != 0 {
             return Err((
                 false,
@@ -362,7 +386,10 @@ impl Machine {
                     )))
                 }
                 _ if Instant::now() > deadline => {
-                    let _ = r.qmp.execute_raw("migrate_cancel", serde_json::json!({})).await;
+                    let _ = r
+                        .qmp
+                        .execute_raw("migrate_cancel", serde_json::json!({}))
+                        .await;
                     return Err(fail(format!(
                         "saving took over {} s",
                         MIGRATION_TIMEOUT.as_secs()
@@ -432,8 +459,7 @@ async fn prepare_disks(entry: &Entry, state_dir: &Path) -> Result<(), String> {
     for saved in state_files(&entry.disk_dir()) {
         let target = state_dir.join(saved.file_name().unwrap_or_default());
         if is_qcow2(&saved) {
-            let qemu_img =
-                std::env::var_os("VMRIG_QEMU_IMG").unwrap_or_else(|| "qemu-img".into());
+            let qemu_img = std::env::var_os("VMRIG_QEMU_IMG").unwrap_or_else(|| "qemu-img".into());
             let out = tokio::process::Command::new(&qemu_img)
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
                 .arg(&saved)
@@ -538,7 +564,10 @@ mod tests {
         let (a, b) = (random_escapes(), random_escapes());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32 * 4);
-        assert!(a.split('\\').skip(1).all(|o| o.len() == 3 && o.bytes().all(|c| (b'0'..=b'7').contains(&c))));
+        assert!(a
+            .split('\\')
+            .skip(1)
+            .all(|o| o.len() == 3 && o.bytes().all(|c| (b'0'..=b'7').contains(&c))));
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! Boot once, restore many, end to end on real busybox guests: a machine is
+//! saved when first ready and later runs restore it (same boot, state, clock
+//! set, RNG reseeded, shared directory mounted again, console replayed); a
+//! damaged snapshot or a changed input boots cold; `--no-snapshots`;
+//! `vmrig cache`; two machines restored on one VLAN; two tests restoring one
+//! snapshot at once.
+//!
+//! Each test has its own VMRIG_CACHE_DIR, so its own guests and snapshots.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::vmrig;
+
+fn run(base: &Path, args: &[&str]) -> (Output, String) {
+    let out = vmrig()
+        .env("VMRIG_CACHE_DIR", base.join("cache"))
+        .env("TMPDIR", base)
+        .env_remove("XDG_RUNTIME_DIR")
+        .current_dir(base)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// Runs the test directory `dir` (again), returning the run's log.
+fn run_test(base: &Path, dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["run", "--rerun", "-o", "out"];
+    args.extend_from_slice(extra);
+    let dir = dir.to_str().unwrap();
+    args.push(dir);
+    let (out, text) = run(base, &args);
+    assert!(out.status.success(), "{text}");
+    std::fs::read_to_string(base.join("out/log.txt")).unwrap()
+}
+
+/// The value a script printed as `TAG value`.
+fn printed<'a>(log: &'a str, tag: &str) -> &'a str {
+    log.lines()
+        .find_map(|l| l.strip_prefix(tag).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no `{tag}` in:\n{log}"))
+        .trim()
+}
+
+fn has(log: &str, needle: &str) {
+    assert!(log.contains(needle), "no `{needle}` in:\n{log}");
+}
+
+fn lacks(log: &str, needle: &str) {
+    assert!(!log.contains(needle), "`{needle}` in:\n{log}");
+}
+
+const SCRIPT: &str = r#"
+import os, tempfile, time
+print("BOOT", machine.succeed("cat /run/boot-id").strip())
+print("RANDOM", machine.succeed("head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'"))
+print("SKEW", abs(int(machine.succeed("date +%s")) - time.time()))
+machine.wait_for_console_text("connecting to host")
+with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+    f.write("from the host")
+machine.copy_from_host(f.name, "/root/host.txt")
+assert machine.succeed("cat /root/host.txt") == "from the host"
+"#;
+
+/// A service that keeps the kernel's boot id (made on first read) in
+/// /run/boot-id at boot: a restored machine has the saved one.
+const BOOT_ID: &str = "\n[nodes.NODE.services.bootid]\ncommand = \"cat /proc/sys/kernel/random/boot_id > /run/boot-id\"\n";
+
+fn snapshot_dirs(base: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(base.join("cache/snapshots"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("meta.json").is_file())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_machine_is_saved_when_ready_and_later_runs_restore_it() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let dir = base.join("snap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = |extra: &str| {
+        format!("[nodes.machine]\nmemory = 256\nvlans = [1]\n{extra}{BOOT_ID}")
+            .replace("NODE", "machine")
+    };
+    std::fs::write(dir.join("vmrig.toml"), toml("")).unwrap();
+    std::fs::write(dir.join("test.py"), SCRIPT).unwrap();
+
+    let cold = run_test(base, &dir, &[]);
+    has(&cold, "later runs restore it");
+    lacks(&cold, "restored from snapshot");
+    let snaps = snapshot_dirs(base);
+    let [snap] = &snaps[..] else {
+        panic!("one snapshot: {snaps:?}")
+    };
+
+    // The guest clock stood still while saved: a restore sets it.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let warm = run_test(base, &dir, &[]);
+    has(&warm, "restored from snapshot");
+    lacks(&warm, "later runs restore it");
+    assert_eq!(
+        printed(&warm, "BOOT"),
+        printed(&cold, "BOOT"),
+        "the same boot"
+    );
+    let skew: f64 = printed(&warm, "SKEW").parse().unwrap();
+    assert!(skew <= 2.0, "the guest clock is {skew} s off the host's");
+    let again = run_test(base, &dir, &[]);
+    has(&again, "restored from snapshot");
+    assert_ne!(
+        printed(&again, "RANDOM"),
+        printed(&warm, "RANDOM"),
+        "two restores of one snapshot read different random bytes"
+    );
+
+    let (list, text) = run(base, &["cache", "list"]);
+    assert!(list.status.success(), "{text}");
+    has(&text, snap.file_name().unwrap().to_str().unwrap());
+    has(&text, "\tmachine\t");
+
+    // A damaged stream is refused, removed, and the machine boots (and is saved) again.
+    let ram = snap.join("ram");
+    let len = std::fs::metadata(&ram).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ram)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let damaged = run_test(base, &dir, &[]);
+    has(&damaged, "removed, booting cold");
+    has(&damaged, "is damaged");
+    has(&damaged, "later runs restore it");
+    assert_ne!(printed(&damaged, "BOOT"), printed(&cold, "BOOT"));
+
+    // --no-snapshots boots and saves nothing.
+    let before = snapshot_dirs(base);
+    let plain = run_test(base, &dir, &["--no-snapshots"]);
+    lacks(&plain, "restored from snapshot");
+    lacks(&plain, "later runs restore it");
+    assert_ne!(printed(&plain, "BOOT"), printed(&damaged, "BOOT"));
+    assert_eq!(snapshot_dirs(base), before);
+
+    // A kernel parameter is an input: a new snapshot, the old one stays.
+    std::fs::write(
+        dir.join("vmrig.toml"),
+        toml("kernel_params = [\"vmrig.test=1\"]\n"),
+    )
+    .unwrap();
+    let changed = run_test(base, &dir, &[]);
+    lacks(&changed, "restored from snapshot");
+    has(&changed, "later runs restore it");
+    assert_eq!(snapshot_dirs(base).len(), 2);
+
+    // snapshot = false on the node: boots, saves nothing.
+    std::fs::write(dir.join("vmrig.toml"), toml("snapshot = false\n")).unwrap();
+    let off = run_test(base, &dir, &[]);
+    lacks(&off, "restored from snapshot");
+    lacks(&off, "later runs restore it");
+
+    let (clear, text) = run(base, &["cache", "clear", "--snapshots"]);
+    assert!(clear.status.success(), "{text}");
+    has(&text, "removed 2 machine snapshot(s)");
+    assert!(snapshot_dirs(base).is_empty());
+}
+
+#[test]
+fn restored_machines_share_a_vlan_and_two_tests_restore_one_snapshot_at_once() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let make = |name: &str| {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("vmrig.toml"),
+            format!(
+                "[nodes.a]\nmemory = 256\nvlans = [1]\n{}\n[nodes.b]\nmemory = 256\nvlans = [1]\n",
+                BOOT_ID.replace("NODE", "a")
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("test.py"),
+            "start_all()\na.succeed('ping -c 1 -W 10 b')\nb.succeed('ping -c 1 -W 10 a')\n\
+             print('BOOT', a.succeed('cat /run/boot-id').strip())\n",
+        )
+        .unwrap();
+        dir
+    };
+    let (one, two) = (make("one"), make("two"));
+    let cold = run_test(base, &one, &[]);
+    assert_eq!(cold.matches("later runs restore it").count(), 2, "{cold}");
+
+    let (out, text) = run(
+        base,
+        &[
+            "run",
+            "--rerun",
+            "-j",
+            "2",
+            "-o",
+            "both",
+            one.to_str().unwrap(),
+            two.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{text}");
+    for t in ["one", "two"] {
+        let log = std::fs::read_to_string(base.join("both").join(t).join("log.txt")).unwrap();
+        assert_eq!(log.matches("restored from snapshot").count(), 2, "{log}");
+        assert_eq!(printed(&log, "BOOT"), printed(&cold, "BOOT"));
+    }
+}
