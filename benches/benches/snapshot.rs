@@ -1,0 +1,147 @@
+//! Boot once, restore many: cold boot against restore, to the first command,
+//! for a busybox guest (examples/hello) and a debian guest (examples/minimal),
+//! under TCG; the time to save, the snapshot's size on disk, and two restores
+//! of one snapshot at once.
+//!
+//! `cargo bench -p vmrig-benches --bench snapshot [-- ROUNDS] [busybox|debian]`
+//! (default 3 rounds of both; debian builds its image on first use). Prints a table.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmrig_driver::snapshot::Store;
+use vmrig_driver::{Driver, DriverOptions, Machine};
+use vmrig_guest::{build, BuildOptions};
+
+struct Figures {
+    cold: Vec<Duration>,
+    save: Vec<Duration>,
+    restore: Vec<Duration>,
+    parallel: Vec<Duration>,
+    size: u64,
+    ram: u64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
+    let only = args
+        .iter()
+        .find(|a| *a == "busybox" || *a == "debian")
+        .cloned();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut rows = Vec::new();
+    for (flavour, example) in [("busybox", "hello"), ("debian", "minimal")] {
+        if only.as_deref().is_some_and(|o| o != flavour) {
+            continue;
+        }
+        let def = repo.join("examples").join(example).join("vmrig.toml");
+        let out = tempfile::tempdir().expect("temporary directory");
+        let built = build(&def, out.path(), &BuildOptions::default()).expect("build the example");
+        let script = built.nodes[0].start_script.clone();
+        let vlans = built.definition.vlans();
+        rows.push((flavour, example, measure(&script, &vlans, rounds)));
+    }
+
+    let s = |d: &mut Vec<Duration>| format!("{:.2} s", median(d).as_secs_f64());
+    println!(
+        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "snapshots, TCG, median", "cold boot", "save", "restore", "2 at once", "size on disk", "stream"
+    );
+    for (flavour, example, mut f) in rows {
+        println!(
+            "{:<40} {:>10} {:>10} {:>10} {:>10} {:>9} MB {:>7} MB",
+            format!("{flavour} (examples/{example})"),
+            s(&mut f.cold),
+            s(&mut f.save),
+            s(&mut f.restore),
+            s(&mut f.parallel),
+            f.size >> 20,
+            f.ram >> 20
+        );
+    }
+    println!("cold boot and restore: start to the first command's answer; save: added to the first command; 2 at once: the slower of two restores started together");
+}
+
+fn driver(script: &Path, vlans: &[u8], store: Option<&Store>, dir: &Path) -> Driver {
+    let mut opts = DriverOptions::new(vec![script.to_owned()]);
+    opts.vlans = vlans.to_vec();
+    opts.out_dir = dir.to_owned();
+    opts.handle_signals = false;
+    opts.snapshots = store.cloned();
+    Driver::new(opts).expect("driver")
+}
+
+fn first_command(m: &Machine) -> Duration {
+    let t = Instant::now();
+    m.succeed(&["true"], None).expect("first command");
+    t.elapsed()
+}
+
+fn measure(script: &PathBuf, vlans: &[u8], rounds: usize) -> Figures {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = Store::new(dir.path().join("snapshots"), u64::MAX);
+    let mut f = Figures {
+        cold: Vec::new(),
+        save: Vec::new(),
+        restore: Vec::new(),
+        parallel: Vec::new(),
+        size: 0,
+        ram: 0,
+    };
+    for round in 0..rounds {
+        let plain = driver(script, vlans, None, dir.path());
+        let m = plain.machines().remove(0);
+        f.cold.push(first_command(&m));
+        drop(plain);
+
+        store.clear().expect("clear the store");
+        let saving = driver(script, vlans, Some(&store), dir.path());
+        let m = saving.machines().remove(0);
+        first_command(&m);
+        drop(saving);
+        let entry = store.list().pop().expect("a snapshot was saved");
+        f.save.push(Duration::from_secs_f64(entry.meta.save_secs));
+        f.size = entry.size;
+        f.ram = entry.meta.ram_size;
+
+        let restoring = driver(script, vlans, Some(&store), dir.path());
+        let m = restoring.machines().remove(0);
+        f.restore.push(first_command(&m));
+        drop(restoring);
+
+        let both: Vec<Driver> = (0..2)
+            .map(|_| driver(script, vlans, Some(&store), dir.path()))
+            .collect();
+        let slower = std::thread::scope(|s| {
+            let handles: Vec<_> = both
+                .iter()
+                .map(|d| {
+                    let m = d.machines().remove(0);
+                    s.spawn(move || first_command(&m))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("restore thread"))
+                .max()
+                .unwrap_or_default()
+        });
+        f.parallel.push(slower);
+        drop(both);
+        eprintln!(
+            "round {}: cold {:.2} s, save {:.2} s, restore {:.2} s, two at once {:.2} s",
+            round + 1,
+            f.cold[round].as_secs_f64(),
+            f.save[round].as_secs_f64(),
+            f.restore[round].as_secs_f64(),
+            f.parallel[round].as_secs_f64()
+        );
+    }
+    f
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
