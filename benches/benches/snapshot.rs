@@ -6,7 +6,7 @@
 //! `cargo bench -p vmrig-benches --bench snapshot [-- ROUNDS] [busybox|debian]`
 //! (default 3 rounds of both; debian builds its image on first use). Prints a table.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vmrig_driver::snapshot::Store;
@@ -46,7 +46,13 @@ fn main() {
     let s = |d: &mut Vec<Duration>| format!("{:.2} s", median(d).as_secs_f64());
     println!(
         "{:<40} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}",
-        "snapshots, TCG, median", "cold boot", "save", "restore", "2 at once", "size on disk", "stream"
+        "snapshots, TCG, median",
+        "cold boot",
+        "save",
+        "restore",
+        "2 at once",
+        "size on disk",
+        "stream"
     );
     for (flavour, example, mut f) in rows {
         println!(
@@ -78,7 +84,7 @@ fn first_command(m: &Machine) -> Duration {
     t.elapsed()
 }
 
-fn measure(script: &PathBuf, vlans: &[u8], rounds: usize) -> Figures {
+fn measure(script: &Path, vlans: &[u8], rounds: usize) -> Figures {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = Store::new(dir.path().join("snapshots"), u64::MAX);
     let mut f = Figures {

@@ -17,6 +17,7 @@ mod config;
 mod doctor;
 mod interactive;
 mod progress;
+mod resume;
 mod run;
 mod runner;
 mod signals;
@@ -46,6 +47,9 @@ enum Command {
     /// The result cache of `vmrig run` and its machine snapshots (`vmrig cache list`, `vmrig cache clear`).
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Restore a failed `vmrig run` test's machines as they were when it
+    /// failed (OUTPUT/machines) and open a Python prompt with its globals.
+    Resume(resume::ResumeArgs),
     /// Check the host: QEMU, kernel, KVM, vde2, Python, tesseract, debootstrap.
     Doctor(doctor::Args),
     /// A Python prompt with a test's globals: `vmrig repl DIR` (its vmrig.toml
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Resume(args)) => resume::resume(args),
         Some(Command::Doctor(args)) => doctor::run(&args),
         Some(Command::Repl(flags)) => interactive::repl(flags),
         Some(Command::Guest(GuestCommand::Build {

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// (tests of the boot itself; `snapshot = false` does it for one node).
     #[arg(long = "no-snapshots")]
     pub no_snapshots: bool,
+    /// Do not save a failed test's machines into OUTPUT/<name>/machines (for
+    /// `vmrig resume`).
+    #[arg(long = "no-forensics")]
+    pub no_forensics: bool,
     /// Internal: run the one DIR in this process with its guests built in this directory.
     #[arg(long, hide = true)]
     pub child_guests: Option<PathBuf>,
@@ -266,6 +270,9 @@ fn child_args(args: &RunArgs) -> Vec<String> {
     if args.no_snapshots {
         v.push("--no-snapshots".to_owned());
     }
+    if args.no_forensics {
+        v.push("--no-forensics".to_owned());
+    }
     v
 }
 
@@ -285,24 +292,46 @@ fn child(args: &RunArgs, guests: &Path) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };
+    let scripts: Vec<PathBuf> = def
+        .nodes
+        .keys()
+        .map(|n| guests.join("bin").join(format!("run-{n}-vm")))
+        .collect();
+    let nodes = serde_json::to_value(&def.nodes).ok();
+    let forensics = if args.no_forensics {
+        let _ = std::fs::remove_dir_all(out.join(crate::resume::MACHINES));
+        None
+    } else {
+        let info = crate::resume::Saved {
+            test: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            dir: std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            vlans: def.vlans(),
+            nodes: nodes.clone(),
+            ocr: def.enable_ocr,
+        };
+        match crate::resume::prepare(out, &info, &scripts, &dir.join("test.py")) {
+            Ok(store) => Some(store),
+            Err(e) => return fail(e),
+        }
+    };
     let plan = crate::test_run::Plan {
-        scripts: def
-            .nodes
-            .keys()
-            .map(|n| guests.join("bin").join(format!("run-{n}-vm")))
-            .collect(),
+        scripts,
         vlans: def.vlans(),
         global_timeout: args.global_timeout.unwrap_or(3600),
         test_script: Some(dir.join("test.py")),
-        nodes: serde_json::to_value(&def.nodes).ok(),
+        nodes,
         ocr: def.enable_ocr,
-        snapshots: !args.no_snapshots,
+        snapshots: (!args.no_snapshots).then(vmrig_driver::snapshot::Store::default_store),
         no_snapshot: def
             .nodes
             .values()
             .filter(|n| !n.snapshot)
             .map(|n| n.name.clone())
             .collect(),
+        forensics,
     };
     let flags = crate::test_run::CompatArgs {
         keep_machine_state: args.keep_machine_state,
@@ -311,7 +340,9 @@ fn child(args: &RunArgs, guests: &Path) -> ExitCode {
         log_level: args.log_level.clone(),
         ..Default::default()
     };
-    crate::test_run::execute(plan, &flags)
+    let status = crate::test_run::execute(plan, &flags);
+    crate::resume::tidy(out);
+    status
 }
 
 fn cores() -> usize {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use vmrig_driver::snapshot::Store;
 use vmrig_driver::{Driver, DriverOptions};
 
 /// NixOS's `nixos-test-driver` flags, current (`-c CONFIG`) and older
@@ -70,10 +71,13 @@ pub(crate) struct Plan {
     pub nodes: Option<serde_json::Value>,
     /// Whether OCR is allowed (NixOS's `enableOCR`).
     pub ocr: bool,
-    /// Whether machines are saved when ready and restored in later runs.
-    pub snapshots: bool,
+    /// Where machines are saved when ready and restored from in later runs
+    /// (or, for `vmrig resume`, a failed test's saved machines).
+    pub snapshots: Option<Store>,
     /// Machines that always boot (`snapshot = false`).
     pub no_snapshot: Vec<String>,
+    /// Where a failed test's machines are saved (`vmrig run`).
+    pub forensics: Option<Store>,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -141,8 +145,9 @@ pub fn compat(mut args: CompatArgs) -> ExitCode {
                 test_script,
                 nodes: None,
                 ocr: true,
-                snapshots: args.snapshots,
+                snapshots: args.snapshots.then(Store::default_store),
                 no_snapshot: Vec::new(),
+                forensics: None,
             }
         }
     };
@@ -165,8 +170,9 @@ fn from_config(path: &Path, args: &CompatArgs) -> Result<Plan, String> {
         test_script,
         nodes: None,
         ocr: config.enable_ocr.unwrap_or(true),
-        snapshots: args.snapshots,
+        snapshots: args.snapshots.then(Store::default_store),
         no_snapshot: Vec::new(),
+        forensics: None,
     })
 }
 
@@ -199,7 +205,8 @@ pub fn run_dir(dir: &Path, args: &CompatArgs) -> ExitCode {
         global_timeout: args.global_timeout.unwrap_or(3600),
         test_script: Some(test_script),
         ocr: built.definition.enable_ocr,
-        snapshots: true,
+        snapshots: Some(Store::default_store()),
+        forensics: None,
         no_snapshot: built
             .definition
             .nodes
@@ -226,10 +233,10 @@ pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
     opts.keep_state = args.keep_machine_state;
     opts.global_timeout = Duration::from_secs(plan.global_timeout);
     opts.ocr = plan.ocr;
-    opts.snapshots = plan
-        .snapshots
-        .then(vmrig_driver::snapshot::Store::default_store);
+    let resuming = plan.snapshots.as_ref().is_some_and(Store::is_forensic);
+    opts.snapshots = plan.snapshots;
     opts.no_snapshot = plan.no_snapshot;
+    opts.forensics = plan.forensics;
     // A script blocked in a machine call fails as soon as the machines are killed;
     // one that never calls the driver again ends here, as under NixOS.
     opts.exit_after_timeout = Some(vmrig_driver::EXIT_AFTER_TIMEOUT);
@@ -243,6 +250,11 @@ pub(crate) fn execute(plan: Plan, args: &CompatArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
+    if resuming {
+        if let Err(e) = crate::resume::restore_saved(&driver) {
+            return fail(e);
+        }
+    }
     let status = vmrig_pyshim::run(
         driver,
         &vmrig_pyshim::ScriptOptions {

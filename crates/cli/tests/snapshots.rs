@@ -224,3 +224,160 @@ fn restored_machines_share_a_vlan_and_two_tests_restore_one_snapshot_at_once() {
         assert_eq!(printed(&log, "BOOT"), printed(&cold, "BOOT"));
     }
 }
+
+#[test]
+fn nixos_command_lines_use_snapshots_only_when_asked() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (out, text) = run(
+        base,
+        &[
+            "guest",
+            "build",
+            repo.join("examples/hello").to_str().unwrap(),
+            "--out",
+            "result",
+        ],
+    );
+    assert!(out.status.success(), "{text}");
+    std::fs::write(base.join("test.py"), "machine.succeed('true')\n").unwrap();
+    let nixos = |extra: &[&str]| {
+        let mut args = vec![
+            "--start-scripts",
+            "result/bin/run-machine-vm",
+            "--vlans",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        args.push("test.py");
+        let (out, text) = run(base, &args);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let plain = nixos(&[]);
+    lacks(&plain, "later runs restore it");
+    assert!(snapshot_dirs(base).is_empty());
+    has(&nixos(&["--snapshots"]), "later runs restore it");
+    has(&nixos(&["--snapshots"]), "restored from snapshot");
+    lacks(&nixos(&[]), "restored from snapshot");
+}
+
+#[test]
+fn a_machine_qemu_cannot_migrate_goes_on_unsaved() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let dir = base.join("mounted");
+    let export = base.join("export");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&export).unwrap();
+    // A second 9p share that stays mounted, as NixOS guests mount /nix/store.
+    std::fs::write(
+        dir.join("vmrig.toml"),
+        "[nodes.machine]\nmemory = 256\nvlans = [1]\n\n[nodes.machine.services.store]\n\
+         command = \"mkdir -p /mnt/store && mount -t 9p -o trans=virtio,version=9p2000.L store /mnt/store\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("test.py"),
+        "machine.wait_until_succeeds('grep -q /mnt/store /proc/mounts')\n\
+         machine.succeed('grep -q \" /tmp/shared \" /proc/mounts')\n",
+    )
+    .unwrap();
+    let out = vmrig()
+        .env("VMRIG_CACHE_DIR", base.join("cache"))
+        .env("TMPDIR", base)
+        .env(
+            "QEMU_OPTS",
+            format!(
+                "-virtfs local,path={},security_model=none,mount_tag=store",
+                export.display()
+            ),
+        )
+        .env_remove("XDG_RUNTIME_DIR")
+        .current_dir(base)
+        .args(["run", "--rerun", "-o", "out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(base.join("out/log.txt")).unwrap_or_default();
+    assert!(out.status.success(), "{log}");
+    has(&log, "no snapshot: QEMU cannot save this machine");
+    has(&log, "mount_tag");
+    assert!(snapshot_dirs(base).is_empty());
+}
+
+#[test]
+fn a_failed_test_leaves_its_machines_and_vmrig_resume_restores_them() {
+    use common::pty::Terminal;
+    use std::time::Duration;
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let dir = base.join("fails");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("vmrig.toml"),
+        "[nodes.machine]\nmemory = 256\nvlans = [1]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("test.py"),
+        "machine.succeed('echo written-before-failure > /root/state')\n\
+         machine.succeed('setsid sleep 1000 >/dev/null 2>&1 < /dev/null &')\n\
+         machine.succeed('test -e /root/never')\n",
+    )
+    .unwrap();
+    let (out, text) = run(
+        base,
+        &["run", "--rerun", "-o", "out", dir.to_str().unwrap()],
+    );
+    assert!(!out.status.success(), "{text}");
+    let log = std::fs::read_to_string(base.join("out/log.txt")).unwrap();
+    has(&log, "saved as it failed");
+    has(&log, "vmrig resume");
+    assert!(
+        base.join("out/machines/machine/meta.json").is_file(),
+        "{log}"
+    );
+    assert!(base.join("out/machines/resume.json").is_file());
+
+    // A passing run leaves no machines behind.
+    let passing = base.join("passes");
+    std::fs::create_dir_all(&passing).unwrap();
+    std::fs::copy(dir.join("vmrig.toml"), passing.join("vmrig.toml")).unwrap();
+    std::fs::write(passing.join("test.py"), "machine.succeed('true')\n").unwrap();
+    let (ok, text) = run(
+        base,
+        &[
+            "run",
+            "--rerun",
+            "-o",
+            "out-pass",
+            passing.to_str().unwrap(),
+        ],
+    );
+    assert!(ok.status.success(), "{text}");
+    assert!(!base.join("out-pass/machines").exists());
+
+    let mut cmd = vmrig();
+    cmd.env("VMRIG_CACHE_DIR", base.join("cache"))
+        .env("TMPDIR", base)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TERM", "xterm")
+        .env("VMRIG_REPL", "plain")
+        .current_dir(base)
+        .args(["resume", "out"]);
+    let mut t = Terminal::spawn(cmd);
+    let banner = t.expect(">>> ", Duration::from_secs(60));
+    assert!(banner.contains("restored from snapshot"), "{banner}");
+    t.send("print('STATE', machine.succeed('cat /root/state').strip())\n");
+    t.expect("STATE written-before-failure", Duration::from_secs(30));
+    t.send(
+        "print('SLEEPING', machine.succeed('cat /proc/[0-9]*/comm | grep -cx sleep').strip())\n",
+    );
+    t.expect("SLEEPING 1", Duration::from_secs(30));
+    t.send("\x04");
+    assert!(t.wait(Duration::from_secs(30)).success());
+    // Resuming did not change what was saved: it can be resumed again.
+    assert!(base.join("out/machines/machine/meta.json").is_file());
+}

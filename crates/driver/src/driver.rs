@@ -52,6 +52,9 @@ pub struct DriverOptions {
     pub snapshots: Option<crate::snapshot::Store>,
     /// Machines that always boot even with a store (`snapshot = false`).
     pub no_snapshot: Vec<String>,
+    /// Where a failed run's machines are saved ([`Driver::preserve_machines`],
+    /// and the global timeout before it stops them); `None`: nowhere.
+    pub forensics: Option<crate::snapshot::Store>,
 }
 
 impl DriverOptions {
@@ -70,6 +73,7 @@ impl DriverOptions {
             ocr: true,
             snapshots: None,
             no_snapshot: Vec::new(),
+            forensics: None,
         }
     }
 }
@@ -144,6 +148,7 @@ impl Watchdog {
         machines: Arc<RwLock<Vec<Machine>>>,
         timeout: Duration,
         exit_after: Option<ExitAfter>,
+        forensics: Option<crate::snapshot::Store>,
     ) -> Watchdog {
         let stop = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -162,6 +167,10 @@ impl Watchdog {
                         "global timeout of {} s reached: stopping every machine",
                         timeout.as_secs()
                     );
+                    if let Some(store) = &forensics {
+                        let list = machines.read().unwrap_or_else(PoisonError::into_inner).clone();
+                        preserve(&list, store);
+                    }
                     for m in machines.read().unwrap_or_else(PoisonError::into_inner).iter() {
                         m.halt();
                     }
@@ -196,6 +205,47 @@ impl Watchdog {
             let _ = t.join();
         }
     }
+}
+
+/// How long saving one failed machine may take.
+pub const PRESERVE_BUDGET: Duration = Duration::from_secs(30);
+
+/// Saves the running machines into `store` at once; returns the names saved.
+fn preserve(machines: &[Machine], store: &crate::snapshot::Store) -> Vec<String> {
+    let running: Vec<&Machine> = machines.iter().filter(|m| m.is_booted()).collect();
+    if running.is_empty() {
+        return Vec::new();
+    }
+    tracing::info!(
+        "saving the failed test's machines into {}",
+        store.dir().display()
+    );
+    let saved: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = running
+            .iter()
+            .map(|m| s.spawn(move || (m.name().to_owned(), m.preserve(store, PRESERVE_BUDGET))))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok())
+            .filter_map(|(name, result)| match result {
+                Ok(_) => Some(name),
+                Err(why) => {
+                    tracing::warn!(machine = %name, "not saved for vmrig resume: {why}");
+                    None
+                }
+            })
+            .collect()
+    });
+    if !saved.is_empty() {
+        let out = store.dir().parent().unwrap_or(store.dir());
+        tracing::error!(
+            "the failed test's machines ({}) are saved as they were: `vmrig resume {}` restores them with a Python prompt",
+            saved.join(", "),
+            out.display()
+        );
+    }
+    saved
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -291,6 +341,7 @@ impl Driver {
             driver.machines.clone(),
             opts.global_timeout,
             exit_after,
+            opts.forensics.clone(),
         ));
         if opts.handle_signals {
             driver.handle_signals();
@@ -527,6 +578,16 @@ impl Driver {
             .unwrap_or_else(PoisonError::into_inner)
             .results
             .push(result);
+    }
+
+    /// Saves every running machine into [`DriverOptions::forensics`] (a failed
+    /// test's machines, for `vmrig resume`), each within
+    /// [`PRESERVE_BUDGET`]; they stay stopped. Returns the names saved.
+    pub fn preserve_machines(&self) -> Vec<String> {
+        match &self.opts.forensics {
+            Some(store) => preserve(&self.machines(), store),
+            None => Vec::new(),
+        }
     }
 
     /// Stops every machine and removes the run directory (unless kept) without

@@ -57,7 +57,9 @@ mod systemd;
 pub mod xml_log;
 
 pub use console::{Console, TAIL_LINES};
-pub use driver::{ConditionGuard, Driver, DriverOptions, VLan, EXIT_AFTER_TIMEOUT};
+pub use driver::{
+    ConditionGuard, Driver, DriverOptions, VLan, EXIT_AFTER_TIMEOUT, PRESERVE_BUDGET,
+};
 pub use error::{Error, Result};
 pub use keys::key_for;
 pub use machine::{Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};

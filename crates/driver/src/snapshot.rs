@@ -94,15 +94,35 @@ impl Entry {
 pub struct Store {
     dir: PathBuf,
     cap: u64,
+    forensic: bool,
 }
 
 impl Store {
     /// A store in `dir` (created when first written) holding at most `cap` bytes.
     pub fn new(dir: impl Into<PathBuf>, cap: u64) -> Store {
         Store {
-            dir: dir.into(),
+            dir: absolute(dir.into()),
             cap,
+            forensic: false,
         }
+    }
+
+    /// The machines of a failed test, saved in its output directory for
+    /// `vmrig resume`: entries are named by machine, not by key (the saved
+    /// command line and stream hash still guard a restore), machines without
+    /// one boot, nothing is saved when ready, and an entry that cannot be
+    /// restored stays for inspection.
+    pub fn forensic(dir: impl Into<PathBuf>) -> Store {
+        Store {
+            dir: absolute(dir.into()),
+            cap: u64::MAX,
+            forensic: true,
+        }
+    }
+
+    /// Whether this is a failed test's store ([`Store::forensic`]).
+    pub fn is_forensic(&self) -> bool {
+        self.forensic
     }
 
     /// `<vmrig cache>/snapshots`, capped by `$VMRIG_SNAPSHOT_CAP_MB` (default 8 GiB).
@@ -201,13 +221,26 @@ impl Store {
         Ok(staging)
     }
 
-    /// Writes `meta` into `staging` and moves it to `key`'s place (replacing
-    /// an older entry), then trims the store to its cap, keeping this entry.
+    /// Writes `meta` into `staging` and moves it to `key`'s place, then trims
+    /// the store to its cap, keeping this entry. When another run saved the
+    /// same key meanwhile, its entry stays (it may be being restored) and
+    /// `staging` goes.
     pub fn commit(&self, staging: &Path, key: &str, meta: &Meta) -> std::io::Result<Entry> {
+        if let Some(existing) = self.lookup(key) {
+            let _ = std::fs::remove_dir_all(staging);
+            return Ok(existing);
+        }
         let json = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
         std::fs::write(staging.join("meta.json"), json)?;
+        // A directory without meta.json is a broken entry: it may be replaced.
         let _ = self.remove(key);
-        std::fs::rename(staging, self.dir.join(key))?;
+        if let Err(e) = std::fs::rename(staging, self.dir.join(key)) {
+            let _ = std::fs::remove_dir_all(staging);
+            return match self.lookup(key) {
+                Some(existing) => Ok(existing),
+                None => Err(e),
+            };
+        }
         let entry = self
             .lookup(key)
             .ok_or_else(|| std::io::Error::other("the new snapshot cannot be read back"))?;
@@ -241,6 +274,11 @@ impl Store {
         }
         removed
     }
+}
+
+/// QEMU and qemu-img run elsewhere: the store's paths must not be relative.
+fn absolute(dir: PathBuf) -> PathBuf {
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 /// Bytes allocated by the files under `dir`.

@@ -180,6 +180,10 @@ pub fn run(driver: Driver, opts: &ScriptOptions) -> i32 {
         Python::with_gil(|py| e.print(py));
         1
     });
+    if status != 0 {
+        // Before anything stops them: a failed test's machines, for `vmrig resume`.
+        driver.preserve_machines();
+    }
     if let Some(path) = &opts.junit_xml {
         if let Err(e) = driver.write_junit(path, "vmrig") {
             eprintln!("vmrig: {e}");

@@ -50,6 +50,8 @@ impl Machine {
         std::fs::create_dir_all(&cfg.shared_dir)
             .map_err(|e| io(&format!("cannot create {}", cfg.shared_dir.display()), e))?;
         let mut contract = self.contract(allow_reboot);
+        // A save planned for an earlier boot that never became ready is void.
+        let _ = self.take_save_key();
         let plan = self.snapshot_plan(&contract);
         if let Some(plan) = &plan {
             contract.vmgenid = true;
@@ -61,17 +63,27 @@ impl Machine {
                         *running = Some(r);
                         return Ok(());
                     }
-                    Err(why) => {
-                        tracing::warn!(machine = %cfg.name, "snapshot {} removed, booting cold: {why}", plan.key);
-                        if let Some(store) = &cfg.snapshots {
-                            let _ = store.remove(&plan.key);
+                    Err(why) => match &cfg.snapshots {
+                        Some(store) if store.is_forensic() => {
+                            return Err(self.machine_error(format!(
+                                "cannot restore the saved machine from {}: {why}",
+                                entry.dir.display()
+                            )));
                         }
-                    }
+                        store => {
+                            tracing::warn!(machine = %cfg.name, "snapshot {} removed, booting cold: {why}", plan.key);
+                            if let Some(store) = store {
+                                let _ = store.remove(&plan.key);
+                            }
+                        }
+                    },
                 }
             }
         }
         let r = self.launch(&contract).await?;
-        if let Some(plan) = plan {
+        if let Some(plan) =
+            plan.filter(|_| cfg.snapshots.as_ref().is_some_and(|s| !s.is_forensic()))
+        {
             self.plan_save(plan.key);
         }
         self.inner.booted.store(true, Ordering::SeqCst);

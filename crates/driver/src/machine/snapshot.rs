@@ -32,6 +32,17 @@ const MOUNT_SHARED: &str = "mkdir -p /tmp/shared && mount -t 9p -o trans=virtio,
 /// Bound for QEMU writing or reading a migration stream.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long saving a failed machine waits for a command in flight.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Bytes a failed machine's snapshot may take (`$VMRIG_FORENSICS_MAX_MB`, default 4 GiB).
+fn forensics_max() -> u64 {
+    std::env::var("VMRIG_FORENSICS_MAX_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(4 << 30, |mb| mb << 20)
+}
+
 /// Bound for a systemd guest to finish starting before it is saved.
 const SETTLE_SECS: u32 = 120;
 
@@ -54,6 +65,12 @@ impl Machine {
     pub(super) fn snapshot_plan(&self, contract: &StartContract) -> Option<Plan> {
         let store = self.store()?;
         let cfg = &self.inner.cfg;
+        if store.is_forensic() {
+            return store.lookup(&cfg.name).map(|entry| Plan {
+                key: cfg.name.clone(),
+                entry: Some(entry),
+            });
+        }
         if let Some(file) = state_files(&cfg.state_dir).first() {
             tracing::info!(machine = %cfg.name, "no snapshot: the state directory holds {} from an earlier boot", file.display());
             return None;
@@ -111,7 +128,8 @@ impl Machine {
         let hashing = tokio::task::spawn_blocking(move || hash_file(&ram));
         prepare_disks(entry, &cfg.state_dir).await?;
         tracing::debug!(machine = %cfg.name, "restore: disks ready after {:.3} s", started.elapsed().as_secs_f64());
-        contract.vmgenid = true;
+        // As it was saved: forensic saves of machines booted without snapshots have none.
+        contract.vmgenid = entry.meta.argv.iter().any(|a| a == "vmgenid");
         contract.incoming = true;
         let mut r = self
             .launch(contract)
@@ -262,6 +280,124 @@ impl Machine {
         Ok(())
     }
 
+    /// Saves the machine as it is now into `store` under its name (a failed
+    /// test's machines, for `vmrig resume`), within `budget`; the machine
+    /// stays stopped. Returns the entry, or why it could not be saved.
+    pub fn preserve(&self, store: &Store, budget: Duration) -> Result<Entry, String> {
+        if !self.is_booted() {
+            return Err("it is not running".into());
+        }
+        let started = Instant::now();
+        let name = self.name().to_owned();
+        self.block(async {
+            // A command in flight (the global timeout) holds the machine: wait a little only.
+            let wait = budget.min(LOCK_WAIT);
+            let mut running = tokio::time::timeout(wait, self.inner.running.lock())
+                .await
+                .map_err(|_| format!("a command was still running on it after {} s", wait.as_secs()))?;
+            let r = running
+                .as_mut()
+                .ok_or_else(|| "it is not running".to_owned())?;
+            if matches!(r.child.try_wait(), Ok(Some(_))) {
+                return Err("QEMU has exited".to_owned());
+            }
+            let staging = store
+                .begin(&name)
+                .map_err(|e| format!("cannot write in {}: {e}", store.dir().display()))?;
+            let result = tokio::time::timeout(
+                budget.saturating_sub(started.elapsed()),
+                self.preserve_into(r, &staging),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("saving took over {} s", budget.as_secs())));
+            let shared_mounted = match result {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(e);
+                }
+            };
+            let entry = self
+                .finish_entry(r, store, &staging, &name, shared_mounted, started)
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&staging);
+                })?;
+            let max = forensics_max();
+            if entry.size > max {
+                let _ = store.remove(&name);
+                return Err(format!(
+                    "its snapshot takes {} MiB, over the limit of {} MiB ($VMRIG_FORENSICS_MAX_MB)",
+                    entry.size >> 20,
+                    max >> 20
+                ));
+            }
+            tracing::info!(machine = %name, "saved as it failed in {:.2} s ({} MB) to {}", started.elapsed().as_secs_f64(), entry.size >> 20, entry.dir.display());
+            Ok(entry)
+        })
+    }
+
+    /// A failed test's machine: unmount the share if the backdoor is up, then
+    /// stop and write the stream and disks.
+    async fn preserve_into(&self, r: &mut Running, staging: &Path) -> Result<bool, String> {
+        let mut mounted = false;
+        if self.is_connected() {
+            let out = r
+                .shell
+                .run(
+                    &Command::new(
+                        b"if grep -q ' /tmp/shared ' /proc/mounts; then umount /tmp/shared && echo unmounted; fi"
+                            .to_vec(),
+                    )
+                    .timeout(Some(Duration::from_secs(5))),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| format!("the backdoor does not answer: {e}"))?;
+            mounted = String::from_utf8_lossy(&out.output).contains("unmounted");
+            if out.status != 0 {
+                return Err(format!(
+                    "cannot unmount /tmp/shared: {}",
+                    String::from_utf8_lossy(&out.output).trim()
+                ));
+            }
+        }
+        self.migrate_to(r, staging).await?;
+        Ok(mounted)
+    }
+
+    /// Writes `staging`'s console, hash and meta and commits it under `key`.
+    fn finish_entry(
+        &self,
+        r: &Running,
+        store: &Store,
+        staging: &Path,
+        key: &str,
+        shared_mounted: bool,
+        started: Instant,
+    ) -> Result<Entry, String> {
+        let (ram_size, ram_hash) = hash_file(&staging.join("ram"))
+            .map_err(|e| format!("cannot read the saved stream: {e}"))?;
+        std::fs::write(staging.join("console.log"), self.inner.console.log())
+            .map_err(|e| format!("cannot write the console: {e}"))?;
+        let pid = r.child.id().unwrap_or(0);
+        let contract = self.contract(false);
+        let (argv, exe) = qemu_command_line(pid, &contract)?;
+        let meta = Meta {
+            machine: self.name().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            argv,
+            exe,
+            ram_size,
+            ram_hash,
+            shared_mounted,
+            saved_at: snapshot::now_secs(),
+            save_secs: started.elapsed().as_secs_f64(),
+        };
+        store
+            .commit(staging, key, &meta)
+            .map_err(|e| format!("cannot store it: {e}"))
+    }
+
     /// Saves the machine, ready now, under `key`. Never fails the test: a
     /// machine that cannot be saved goes on, and the log says why.
     pub(super) async fn save_snapshot(&self, r: &mut Running, key: &str) {
@@ -281,29 +417,9 @@ impl Machine {
         };
         // The guest goes on as it was, saved or not.
         let resumed = self.resume_after_save(r, shared_mounted).await;
-        let outcome = outcome.and(resumed).and_then(|()| {
-            let (ram_size, ram_hash) = hash_file(&staging.join("ram"))
-                .map_err(|e| format!("cannot read the saved stream: {e}"))?;
-            std::fs::write(staging.join("console.log"), self.inner.console.log())
-                .map_err(|e| format!("cannot write the console: {e}"))?;
-            let pid = r.child.id().unwrap_or(0);
-            let contract = self.contract(false);
-            let (argv, exe) = qemu_command_line(pid, &contract)?;
-            let meta = Meta {
-                machine: self.name().to_owned(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                argv,
-                exe,
-                ram_size,
-                ram_hash,
-                shared_mounted,
-                saved_at: snapshot::now_secs(),
-                save_secs: started.elapsed().as_secs_f64(),
-            };
-            store
-                .commit(&staging, key, &meta)
-                .map_err(|e| format!("cannot store it: {e}"))
-        });
+        let outcome = outcome
+            .and(resumed)
+            .and_then(|()| self.finish_entry(r, store, &staging, key, shared_mounted, started));
         match outcome {
             Ok(entry) => tracing::info!(
                 machine = %self.name(),
@@ -351,7 +467,15 @@ impl Machine {
                 ),
             ));
         }
-        let fail = |e: String| (mounted, e);
+        self.migrate_to(r, staging)
+            .await
+            .map_err(|e| (mounted, e))?;
+        Ok(mounted)
+    }
+
+    /// Stops the machine, migrates it into `staging/ram` and copies the
+    /// state directory's files (flushed by the migration) into `staging/disk`.
+    async fn migrate_to(&self, r: &mut Running, staging: &Path) -> Result<(), String> {
         // QEMU's default of 128 MiB/s would make a save take seconds.
         r.qmp
             .execute_raw(
@@ -359,41 +483,41 @@ impl Machine {
                 serde_json::json!({ "max-bandwidth": 1u64 << 40 }),
             )
             .await
-            .map_err(|e| fail(format!("migrate-set-parameters: {e}")))?;
+            .map_err(|e| format!("migrate-set-parameters: {e}"))?;
         r.qmp
             .execute(Stop)
             .await
-            .map_err(|e| fail(format!("stop: {e}")))?;
+            .map_err(|e| format!("stop: {e}"))?;
         let ram = staging.join("ram");
         let uri = format!("exec:cat > {}", sh_quote(&ram.to_string_lossy()));
         r.qmp
             .execute(Migrate::new(uri))
             .await
-            .map_err(|e| fail(format!("QEMU cannot save this machine: {e}")))?;
+            .map_err(|e| format!("QEMU cannot save this machine: {e}"))?;
         let deadline = Instant::now() + MIGRATION_TIMEOUT;
         loop {
             let info = r
                 .qmp
                 .execute(QueryMigrate)
                 .await
-                .map_err(|e| fail(format!("query-migrate: {e}")))?;
+                .map_err(|e| format!("query-migrate: {e}"))?;
             match info.status {
                 Some(MigrationStatus::Completed) => break,
                 Some(MigrationStatus::Failed | MigrationStatus::Cancelled) => {
-                    return Err(fail(format!(
+                    return Err(format!(
                         "QEMU cannot save this machine: {}",
                         info.error_desc.unwrap_or_else(|| "migration failed".into())
-                    )))
+                    ))
                 }
                 _ if Instant::now() > deadline => {
                     let _ = r
                         .qmp
                         .execute_raw("migrate_cancel", serde_json::json!({}))
                         .await;
-                    return Err(fail(format!(
+                    return Err(format!(
                         "saving took over {} s",
                         MIGRATION_TIMEOUT.as_secs()
-                    )));
+                    ));
                 }
                 _ => tokio::time::sleep(Duration::from_millis(5)).await,
             }
@@ -401,10 +525,9 @@ impl Machine {
         // The migration flushed the disks and handed them over: copy them now.
         for f in state_files(&self.inner.cfg.state_dir) {
             let to = staging.join("disk").join(f.file_name().unwrap_or_default());
-            std::fs::copy(&f, &to)
-                .map_err(|e| fail(format!("cannot copy {}: {e}", f.display())))?;
+            std::fs::copy(&f, &to).map_err(|e| format!("cannot copy {}: {e}", f.display()))?;
         }
-        Ok(mounted)
+        Ok(())
     }
 
     async fn resume_after_save(&self, r: &mut Running, shared_mounted: bool) -> Result<(), String> {
