@@ -4,7 +4,8 @@
 //! of one snapshot at once.
 //!
 //! `cargo bench -p vmrig-benches --bench snapshot [-- ROUNDS] [busybox|debian]`
-//! (default 3 rounds of both; debian builds its image on first use). Prints a table.
+//! (default 3 rounds of both; debian builds its image on first use). Prints a
+//! table; `VMRIG_BENCH_LOG=1` shows the driver's log with the restore's steps.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ fn main() {
         .iter()
         .find(|a| *a == "busybox" || *a == "debian")
         .cloned();
+    if std::env::var_os("VMRIG_BENCH_LOG").is_some() {
+        vmrig_driver::log::init(tracing::Level::DEBUG);
+    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut rows = Vec::new();
     for (flavour, example) in [("busybox", "hello"), ("debian", "minimal")] {
