@@ -381,3 +381,42 @@ fn a_failed_test_leaves_its_machines_and_vmrig_resume_restores_them() {
     // Resuming did not change what was saved: it can be resumed again.
     assert!(base.join("out/machines/machine/meta.json").is_file());
 }
+
+#[test]
+fn the_global_timeout_saves_the_machines_before_stopping_them() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path();
+    let dir = base.join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("vmrig.toml"),
+        "[nodes.machine]\nmemory = 256\nvlans = [1]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("test.py"),
+        "import time\nmachine.succeed('echo before-timeout > /root/state')\ntime.sleep(600)\n",
+    )
+    .unwrap();
+    let (out, text) = run(
+        base,
+        &[
+            "run",
+            "--rerun",
+            "--global-timeout",
+            "25",
+            "-o",
+            "out",
+            dir.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{text}");
+    let log = std::fs::read_to_string(base.join("out/log.txt")).unwrap();
+    has(&log, "global timeout");
+    has(&log, "saved as it failed");
+    has(&log, "vmrig resume");
+    assert!(
+        base.join("out/machines/machine/meta.json").is_file(),
+        "{log}"
+    );
+}

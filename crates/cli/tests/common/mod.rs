@@ -71,6 +71,8 @@ pub fn vmrig_as(program: &Path) -> Command {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-cache"),
     )
     .env("NO_COLOR", "1")
+    // Every test that boots saves a snapshot there: keep the pile small.
+    .env("VMRIG_SNAPSHOT_CAP_MB", "2048")
     .env_remove("startScripts")
     .env_remove("vlans")
     .env_remove("testScript")

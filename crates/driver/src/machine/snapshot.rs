@@ -26,8 +26,10 @@ use vmrig_qmp::{Cont, Migrate, MigrateIncoming, MigrationStatus, QueryMigrate, Q
 use super::{Machine, Running};
 use crate::snapshot::{self, Entry, Meta, Store};
 
-/// The guest's 9p mount of the shared directory, as both guest kits make it.
-const MOUNT_SHARED: &str = "mkdir -p /tmp/shared && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none shared /tmp/shared";
+/// The guest's 9p mount of the shared directory, as both guest kits make it
+/// (only ever run where it was mounted before, so the mount point is there).
+const MOUNT_SHARED: &str =
+    "mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=none shared /tmp/shared";
 
 /// Bound for QEMU writing or reading a migration stream.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
