@@ -164,6 +164,12 @@ fn a_machine_is_saved_when_ready_and_later_runs_restore_it() {
     lacks(&changed, "restored from snapshot");
     has(&changed, "later runs restore it");
     assert_eq!(snapshot_dirs(base).len(), 2);
+    // So is the package list.
+    std::fs::write(dir.join("vmrig.toml"), toml("packages = [\"jq\"]\n")).unwrap();
+    let packages = run_test(base, &dir, &[]);
+    lacks(&packages, "restored from snapshot");
+    has(&packages, "later runs restore it");
+    assert_eq!(snapshot_dirs(base).len(), 3);
 
     // snapshot = false on the node: boots, saves nothing.
     std::fs::write(dir.join("vmrig.toml"), toml("snapshot = false\n")).unwrap();
@@ -173,7 +179,7 @@ fn a_machine_is_saved_when_ready_and_later_runs_restore_it() {
 
     let (clear, text) = run(base, &["cache", "clear", "--snapshots"]);
     assert!(clear.status.success(), "{text}");
-    has(&text, "removed 2 machine snapshot(s)");
+    has(&text, "removed 3 machine snapshot(s)");
     assert!(snapshot_dirs(base).is_empty());
 }
 

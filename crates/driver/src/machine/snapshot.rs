@@ -45,6 +45,9 @@ fn forensics_max() -> u64 {
         .map_or(4 << 30, |mb| mb << 20)
 }
 
+/// Bound for a guest to become idle before it is saved.
+const IDLE_SECS: u32 = 30;
+
 /// Bound for a systemd guest to finish starting before it is saved.
 const SETTLE_SECS: u32 = 120;
 
@@ -444,15 +447,22 @@ impl Machine {
         staging: &Path,
         started: &mut Instant,
     ) -> Result<bool, (bool, String)> {
+        // Then until the CPUs are mostly idle (half-second samples of
+        // /proc/stat, at most IDLE_SECS): services still initialising at
+        // readiness (a database being created) finish in the snapshot, not in
+        // every restored run.
         let settle = format!(
             "if command -v systemctl >/dev/null 2>&1; then timeout {SETTLE_SECS} systemctl is-system-running --wait >/dev/null 2>&1 || true; fi; \
-             if grep -q ' /tmp/shared ' /proc/mounts; then umount /tmp/shared && echo unmounted; fi"
+             n=0; while [ $n -lt {samples} ]; do read -r _ u1 i1 s1 d1 w1 _ < /proc/stat; sleep 0.5; read -r _ u2 i2 s2 d2 w2 _ < /proc/stat; \
+             [ $(( (u2 + i2 + s2 - u1 - i1 - s1) * 5 )) -le $(( d2 + w2 - d1 - w1 )) ] && break; n=$((n + 1)); done; \
+             if grep -q ' /tmp/shared ' /proc/mounts; then umount /tmp/shared && echo unmounted; fi",
+            samples = IDLE_SECS * 2
         );
         let out = r
             .shell
             .run(
                 &Command::new(settle.into_bytes()),
-                Duration::from_secs(u64::from(SETTLE_SECS) + 60),
+                Duration::from_secs(u64::from(SETTLE_SECS + IDLE_SECS) + 60),
             )
             .await
             .map_err(|e| (false, format!("the guest did not settle: {e}")))?;
