@@ -89,23 +89,7 @@ pub fn restore_saved(driver: &Driver) -> Result<(), String> {
     if machines.is_empty() {
         return Err(format!("no machine was saved in {}", store.dir().display()));
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = machines
-            .iter()
-            .map(|m| s.spawn(move || m.start(false)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(vmrig_driver::Error::Setup(
-                        "a restore thread panicked".into(),
-                    ))
-                })
-            })
-            .collect::<Result<Vec<()>, _>>()
-    })
-    .map_err(|e| e.to_string())?;
+    Driver::start_machines(&machines).map_err(|e| e.to_string())?;
     eprintln!(
         "vmrig: resumed {} as they were when the test failed; test_script() runs the test again",
         machines

@@ -325,12 +325,7 @@ fn child(args: &RunArgs, guests: &Path) -> ExitCode {
         nodes,
         ocr: def.enable_ocr,
         snapshots: (!args.no_snapshots).then(vmrig_driver::snapshot::Store::default_store),
-        no_snapshot: def
-            .nodes
-            .values()
-            .filter(|n| !n.snapshot)
-            .map(|n| n.name.clone())
-            .collect(),
+        no_snapshot: def.unsnapshotted(),
         forensics,
     };
     let flags = crate::test_run::CompatArgs {

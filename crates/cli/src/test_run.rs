@@ -207,13 +207,7 @@ pub fn run_dir(dir: &Path, args: &CompatArgs) -> ExitCode {
         ocr: built.definition.enable_ocr,
         snapshots: Some(Store::default_store()),
         forensics: None,
-        no_snapshot: built
-            .definition
-            .nodes
-            .values()
-            .filter(|n| !n.snapshot)
-            .map(|n| n.name.clone())
-            .collect(),
+        no_snapshot: built.definition.unsnapshotted(),
         nodes,
     };
     execute(plan, args)

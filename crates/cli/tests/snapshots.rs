@@ -14,15 +14,18 @@ use std::process::Output;
 
 use common::vmrig;
 
-fn run(base: &Path, args: &[&str]) -> (Output, String) {
-    let out = vmrig()
-        .env("VMRIG_CACHE_DIR", base.join("cache"))
+/// `vmrig` in `base` with its own cache (guests, snapshots) and temporary files there.
+fn vmrig_at(base: &Path) -> std::process::Command {
+    let mut c = vmrig();
+    c.env("VMRIG_CACHE_DIR", base.join("cache"))
         .env("TMPDIR", base)
         .env_remove("XDG_RUNTIME_DIR")
-        .current_dir(base)
-        .args(args)
-        .output()
-        .unwrap();
+        .current_dir(base);
+    c
+}
+
+fn run(base: &Path, args: &[&str]) -> (Output, String) {
+    let out = vmrig_at(base).args(args).output().unwrap();
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -290,9 +293,7 @@ fn a_machine_qemu_cannot_migrate_goes_on_unsaved() {
          machine.succeed('grep -q \" /tmp/shared \" /proc/mounts')\n",
     )
     .unwrap();
-    let out = vmrig()
-        .env("VMRIG_CACHE_DIR", base.join("cache"))
-        .env("TMPDIR", base)
+    let out = vmrig_at(base)
         .env(
             "QEMU_OPTS",
             format!(
@@ -300,8 +301,6 @@ fn a_machine_qemu_cannot_migrate_goes_on_unsaved() {
                 export.display()
             ),
         )
-        .env_remove("XDG_RUNTIME_DIR")
-        .current_dir(base)
         .args(["run", "--rerun", "-o", "out"])
         .arg(&dir)
         .output()
@@ -365,13 +364,9 @@ fn a_failed_test_leaves_its_machines_and_vmrig_resume_restores_them() {
     assert!(ok.status.success(), "{text}");
     assert!(!base.join("out-pass/machines").exists());
 
-    let mut cmd = vmrig();
-    cmd.env("VMRIG_CACHE_DIR", base.join("cache"))
-        .env("TMPDIR", base)
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("TERM", "xterm")
+    let mut cmd = vmrig_at(base);
+    cmd.env("TERM", "xterm")
         .env("VMRIG_REPL", "plain")
-        .current_dir(base)
         .args(["resume", "out"]);
     let mut t = Terminal::spawn(cmd);
     let banner = t.expect(">>> ", Duration::from_secs(60));

@@ -502,7 +502,11 @@ impl Driver {
 
     /// Starts every machine at once (NixOS's `start_all`).
     pub fn start_all(&self) -> Result<()> {
-        let machines = self.machines();
+        Self::start_machines(&self.machines())
+    }
+
+    /// Starts these machines at once; the first error, if any.
+    pub fn start_machines(machines: &[Machine]) -> Result<()> {
         std::thread::scope(|s| {
             let handles: Vec<_> = machines
                 .iter()

@@ -267,6 +267,15 @@ struct RawFileFull {
 }
 
 impl Definition {
+    /// The nodes that always boot (`snapshot = false`).
+    pub fn unsnapshotted(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| !n.snapshot)
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
     /// Reads and validates a definition file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {

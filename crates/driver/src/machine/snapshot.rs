@@ -120,6 +120,12 @@ impl Machine {
             .take()
     }
 
+    /// QEMU's last words on the console (why it refused a snapshot).
+    fn last_console_line(&self) -> String {
+        let tail = self.inner.console.tail();
+        tail.trim_end().lines().last().unwrap_or("").to_owned()
+    }
+
     /// Restores `entry` into a new QEMU; on success the machine is connected.
     /// On failure QEMU is gone and the state directory empty again.
     pub(super) async fn restore(
@@ -200,13 +206,7 @@ impl Machine {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return Err(format!(
                     "QEMU refused the snapshot and exited ({status}): {}",
-                    self.inner
-                        .console
-                        .tail()
-                        .trim_end()
-                        .lines()
-                        .last()
-                        .unwrap_or("")
+                    self.last_console_line()
                 ));
             }
             match r.qmp.execute(QueryMigrate).await {
@@ -222,13 +222,7 @@ impl Machine {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     return Err(format!(
                         "QEMU failed while loading the snapshot ({e}): {}",
-                        self.inner
-                            .console
-                            .tail()
-                            .trim_end()
-                            .lines()
-                            .last()
-                            .unwrap_or("")
+                        self.last_console_line()
                     ));
                 }
             }
