@@ -1,7 +1,8 @@
 //! Boot once, restore many: cold boot against restore, to the first command,
 //! for a busybox guest (examples/hello) and a debian guest (examples/minimal),
 //! under TCG; the time to save, the snapshot's size on disk, and two restores
-//! of one snapshot at once.
+//! of one snapshot at once, and how much RAM those two share (pages of the
+//! snapshot's RAM file both map and neither wrote).
 //!
 //! `cargo bench -p vmrig-benches --bench snapshot [-- ROUNDS] [busybox|debian]`
 //! (default 3 rounds of both; debian builds its image on first use). Prints a
@@ -21,6 +22,8 @@ struct Figures {
     parallel: Vec<Duration>,
     size: u64,
     ram: u64,
+    mem: u64,
+    shared: u64,
 }
 
 fn main() {
@@ -49,28 +52,32 @@ fn main() {
 
     let s = |d: &mut Vec<Duration>| format!("{:.2} s", median(d).as_secs_f64());
     println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>10} {:>12}",
         "snapshots, TCG, median",
         "cold boot",
         "save",
         "restore",
         "2 at once",
         "size on disk",
-        "stream"
+        "stream",
+        "RAM file",
+        "2 share"
     );
     for (flavour, example, mut f) in rows {
         println!(
-            "{:<40} {:>10} {:>10} {:>10} {:>10} {:>9} MB {:>7} MB",
+            "{:<40} {:>10} {:>10} {:>10} {:>10} {:>9} MB {:>7} MB {:>7} MB {:>9} MB",
             format!("{flavour} (examples/{example})"),
             s(&mut f.cold),
             s(&mut f.save),
             s(&mut f.restore),
             s(&mut f.parallel),
             f.size >> 20,
-            f.ram >> 20
+            f.ram >> 20,
+            f.mem >> 20,
+            f.shared >> 20
         );
     }
-    println!("cold boot and restore: start to the first command's answer; save: added to the first command; 2 at once: the slower of two restores started together");
+    println!("cold boot and restore: start to the first command's answer; save: added to the first command; 2 at once: the slower of two restores started together; stream: QEMU's migration stream; RAM file: the guest's RAM saved apart (data, not holes); 2 share: pages each of the two restored QEMUs maps that the other maps too (smaps Shared_Clean + Shared_Dirty, the smaller)");
 }
 
 fn driver(script: &Path, vlans: &[u8], store: Option<&Store>, dir: &Path) -> Driver {
@@ -98,6 +105,8 @@ fn measure(script: &Path, vlans: &[u8], rounds: usize) -> Figures {
         parallel: Vec::new(),
         size: 0,
         ram: 0,
+        mem: 0,
+        shared: 0,
     };
     for round in 0..rounds {
         let plain = driver(script, vlans, None, dir.path());
@@ -114,6 +123,10 @@ fn measure(script: &Path, vlans: &[u8], rounds: usize) -> Figures {
         f.save.push(Duration::from_secs_f64(entry.meta.save_secs));
         f.size = entry.size;
         f.ram = entry.meta.ram_size;
+        f.mem = std::fs::metadata(entry.mem()).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        });
 
         let restoring = driver(script, vlans, Some(&store), dir.path());
         let m = restoring.machines().remove(0);
@@ -138,6 +151,12 @@ fn measure(script: &Path, vlans: &[u8], rounds: usize) -> Figures {
                 .unwrap_or_default()
         });
         f.parallel.push(slower);
+        f.shared = both
+            .iter()
+            .filter_map(|d| d.machines().remove(0).pid())
+            .map(shared_bytes)
+            .min()
+            .unwrap_or(0);
         drop(both);
         eprintln!(
             "round {}: cold {:.2} s, save {:.2} s, restore {:.2} s, two at once {:.2} s",
@@ -149,6 +168,17 @@ fn measure(script: &Path, vlans: &[u8], rounds: usize) -> Figures {
         );
     }
     f
+}
+
+/// Bytes of process `pid` that other processes map too.
+fn shared_bytes(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .filter(|l| l.starts_with("Shared_Clean:") || l.starts_with("Shared_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
 }
 
 fn median(v: &mut [Duration]) -> Duration {

@@ -25,7 +25,15 @@ fn vmrig_at(base: &Path) -> std::process::Command {
 }
 
 fn run(base: &Path, args: &[&str]) -> (Output, String) {
-    let out = vmrig_at(base).args(args).output().unwrap();
+    run_env(base, args, &[])
+}
+
+fn run_env(base: &Path, args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let out = vmrig_at(base)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -36,11 +44,15 @@ fn run(base: &Path, args: &[&str]) -> (Output, String) {
 
 /// Runs the test directory `dir` (again), returning the run's log.
 fn run_test(base: &Path, dir: &Path, extra: &[&str]) -> String {
+    run_test_env(base, dir, extra, &[])
+}
+
+fn run_test_env(base: &Path, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> String {
     let mut args = vec!["run", "--rerun", "-o", "out"];
     args.extend_from_slice(extra);
     let dir = dir.to_str().unwrap();
     args.push(dir);
-    let (out, text) = run(base, &args);
+    let (out, text) = run_env(base, &args, env);
     assert!(out.status.success(), "{text}");
     std::fs::read_to_string(base.join("out/log.txt")).unwrap()
 }
@@ -108,6 +120,13 @@ fn a_machine_is_saved_when_ready_and_later_runs_restore_it() {
     let [snap] = &snaps[..] else {
         panic!("one snapshot: {snaps:?}")
     };
+    // The guest's RAM is saved apart from the stream, as a sparse file.
+    let mem = std::fs::metadata(snap.join("mem")).unwrap();
+    assert!(mem.len() == 256 << 20, "{} bytes", mem.len());
+    assert!(
+        std::fs::metadata(snap.join("ram")).unwrap().len() < 16 << 20,
+        "the stream holds device state only"
+    );
 
     // The guest clock stood still while saved: a restore sets it.
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -148,6 +167,19 @@ fn a_machine_is_saved_when_ready_and_later_runs_restore_it() {
     has(&damaged, "is damaged");
     has(&damaged, "later runs restore it");
     assert_ne!(printed(&damaged, "BOOT"), printed(&cold, "BOOT"));
+    // So is a damaged RAM file.
+    {
+        use std::os::unix::fs::FileExt;
+        let mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(snap.join("mem"))
+            .unwrap();
+        mem.write_all_at(b"damage", 200 << 20).unwrap();
+    }
+    let damaged_mem = run_test(base, &dir, &[]);
+    has(&damaged_mem, "removed, booting cold");
+    has(&damaged_mem, "mem is damaged");
+    has(&damaged_mem, "later runs restore it");
 
     // --no-snapshots boots and saves nothing.
     let before = snapshot_dirs(base);
@@ -158,15 +190,24 @@ fn a_machine_is_saved_when_ready_and_later_runs_restore_it() {
     assert_eq!(snapshot_dirs(base), before);
 
     // A kernel parameter is an input: a new snapshot, the old one stays.
+    // Without room for a RAM file, the stream holds the RAM: saved and
+    // restored all the same.
     std::fs::write(
         dir.join("vmrig.toml"),
         toml("kernel_params = [\"vmrig.test=1\"]\n"),
     )
     .unwrap();
-    let changed = run_test(base, &dir, &[]);
+    let no_ram_dir = [("VMRIG_RAM_DIR", "/nonexistent")];
+    let changed = run_test_env(base, &dir, &[], &no_ram_dir);
     lacks(&changed, "restored from snapshot");
     has(&changed, "later runs restore it");
-    assert_eq!(snapshot_dirs(base).len(), 2);
+    let snaps = snapshot_dirs(base);
+    assert_eq!(snaps.len(), 2);
+    let streamed = snaps.iter().find(|s| *s != snap).unwrap();
+    assert!(!streamed.join("mem").exists());
+    let restored = run_test_env(base, &dir, &[], &no_ram_dir);
+    has(&restored, "restored from snapshot");
+    assert_eq!(printed(&restored, "BOOT"), printed(&changed, "BOOT"));
     // So is the package list.
     std::fs::write(dir.join("vmrig.toml"), toml("packages = [\"jq\"]\n")).unwrap();
     let packages = run_test(base, &dir, &[]);

@@ -77,6 +77,41 @@ pub struct StartContract {
     /// Add `-incoming defer`: QEMU waits for a migration stream (a snapshot
     /// restore) given later through QMP's `migrate-incoming`.
     pub incoming: bool,
+    /// Guest RAM in a file (`memory-backend-file`), for snapshots that keep
+    /// RAM apart from the migration stream.
+    pub ram: Option<RamFile>,
+}
+
+/// The id of the memory backend [`StartContract::ram`] adds.
+pub const RAM_ID: &str = "vmrig-ram";
+
+/// Guest RAM as a file: `-object memory-backend-file` and
+/// `-machine memory-backend`, sized as the script's `-m`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamFile {
+    /// The guest's memory in MiB (must be the script's `-m`).
+    pub mib: u64,
+    /// A file to map, or a directory where QEMU makes (and unlinks) one.
+    pub path: PathBuf,
+    /// `share=on`: the guest writes into the file (a machine to be saved);
+    /// `share=off`: a private copy-on-write mapping (a restored machine: the
+    /// file never changes and copies of one snapshot share its pages).
+    pub shared: bool,
+}
+
+impl RamFile {
+    /// The `-object` value, path last (see [`StartContract::without_run_paths`]).
+    fn object(&self) -> OsString {
+        let share = if self.shared { "on" } else { "off" };
+        with_path(
+            &format!(
+                "memory-backend-file,id={RAM_ID},size={}M,share={share},mem-path=",
+                self.mib
+            ),
+            &self.path,
+            "",
+        )
+    }
 }
 
 impl StartContract {
@@ -96,6 +131,7 @@ impl StartContract {
             graphics: has_display(),
             vmgenid: false,
             incoming: false,
+            ram: None,
         }
     }
 
@@ -144,6 +180,14 @@ impl StartContract {
         if !self.graphics {
             args.push("-nographic".into());
         }
+        if let Some(ram) = &self.ram {
+            args.extend([
+                "-object".into(),
+                ram.object(),
+                "-machine".into(),
+                format!("memory-backend={RAM_ID}").into(),
+            ]);
+        }
         if self.vmgenid {
             args.extend(["-device", "vmgenid"].map(OsString::from));
         }
@@ -178,7 +222,17 @@ impl StartContract {
     /// `arg` with this run's own paths (state and shared directories, VLAN
     /// sockets) replaced by placeholders: what stays is the same in every run
     /// of the same machine, so a snapshot's key and check can compare it.
+    /// The RAM file's path and sharing differ between the saved machine and
+    /// its restored copies: they become `@RAM@`.
     pub fn without_run_paths(&self, arg: &str) -> String {
+        let ram_prefix = format!("memory-backend-file,id={RAM_ID},");
+        if let Some(rest) = arg.strip_prefix(&ram_prefix) {
+            let size = rest
+                .split(',')
+                .find(|p| p.starts_with("size="))
+                .unwrap_or("");
+            return format!("{ram_prefix}{size},@RAM@");
+        }
         let mut paths: Vec<(String, String)> = vec![
             (
                 self.state_dir.to_string_lossy().into_owned(),
@@ -290,6 +344,29 @@ mod tests {
             "x=@SHARED@,y=@STATE@/qmp,z=@VDE1@"
         );
         assert_eq!(c.without_run_paths("-m"), "-m");
+    }
+
+    #[test]
+    fn the_ram_file_is_one_placeholder_whatever_its_sharing() {
+        let mut c = contract();
+        let mut placeholders = Vec::new();
+        for (path, shared) in [("/dev/shm", true), ("/cache/snap/mem", false)] {
+            c.ram = Some(RamFile {
+                mib: 512,
+                path: path.into(),
+                shared,
+            });
+            let args = strings(c.qemu_args());
+            let i = args.iter().position(|a| a == "-object").unwrap();
+            assert_eq!(args[i + 2..i + 4], ["-machine", "memory-backend=vmrig-ram"]);
+            assert!(args[i + 1].ends_with(&format!("mem-path={path}")));
+            placeholders.push(c.without_run_paths(&args[i + 1]));
+        }
+        assert_eq!(
+            placeholders[0],
+            "memory-backend-file,id=vmrig-ram,size=512M,@RAM@"
+        );
+        assert_eq!(placeholders[0], placeholders[1]);
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Machine {
         let mut contract = self.contract(allow_reboot);
         // A save planned for an earlier boot that never became ready is void.
         let _ = self.take_save_key();
-        let plan = self.snapshot_plan(&contract);
+        let plan = self.snapshot_plan(&mut contract);
         if let Some(plan) = &plan {
             contract.vmgenid = true;
             if let Some(entry) = &plan.entry {
@@ -182,6 +182,7 @@ impl Machine {
             await_magic: false,
             qmp,
             monitor,
+            ram_shared: contract.ram.as_ref().is_some_and(|r| r.shared),
         })
     }
 

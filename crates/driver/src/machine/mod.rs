@@ -97,6 +97,9 @@ struct Running {
     await_magic: bool,
     qmp: Qmp,
     monitor: BufReader<UnixStream>,
+    /// Guest RAM is a shared file (`memory-backend-file,share=on`): a save
+    /// leaves it out of the migration stream and copies the file instead.
+    ram_shared: bool,
 }
 
 impl std::fmt::Debug for Machine {

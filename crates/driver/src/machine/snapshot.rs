@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UnixStream;
 use vmrig_backdoor::{Command, Shell};
-use vmrig_guest::contract::StartContract;
+use vmrig_guest::contract::{RamFile, StartContract, RAM_ID};
 use vmrig_guest::script::sh_quote;
 use vmrig_qmp::{Cont, Migrate, MigrateIncoming, MigrationStatus, QueryMigrate, QueryStatus, Stop};
 
 use super::{Machine, Running};
-use crate::snapshot::{self, Entry, Meta, Store};
+use crate::snapshot::{self, ram, Entry, Meta, Store};
 
 /// The guest's 9p mount of the shared directory, as both guest kits make it
 /// (only ever run where it was mounted before, so the mount point is there).
@@ -51,6 +51,14 @@ const IDLE_SECS: u32 = 30;
 /// Bound for a systemd guest to finish starting before it is saved.
 const SETTLE_SECS: u32 = 120;
 
+/// What a save wrote besides the stream and disks.
+struct Saved {
+    /// `/tmp/shared` was unmounted (to mount again).
+    shared_mounted: bool,
+    /// The hash of `mem`, when the RAM was a shared file copied apart.
+    mem_hash: Option<String>,
+}
+
 /// What `start` does about snapshots for one start of a machine.
 pub(super) struct Plan {
     /// The key, when this start may save or restore.
@@ -66,8 +74,9 @@ impl Machine {
 
     /// Whether this start may use a snapshot, and which: only a first start
     /// on an empty state directory (a disk left by an earlier boot is state
-    /// no snapshot holds).
-    pub(super) fn snapshot_plan(&self, contract: &StartContract) -> Option<Plan> {
+    /// no snapshot holds). A machine that may be saved gets its RAM in a
+    /// shared file ([`ram`]) when its size is certain.
+    pub(super) fn snapshot_plan(&self, contract: &mut StartContract) -> Option<Plan> {
         let store = self.store()?;
         let cfg = &self.inner.cfg;
         if store.is_forensic() {
@@ -79,6 +88,25 @@ impl Machine {
         if let Some(file) = state_files(&cfg.state_dir).first() {
             tracing::info!(machine = %cfg.name, "no snapshot: the state directory holds {} from an earlier boot", file.display());
             return None;
+        }
+        let text = std::fs::read_to_string(&cfg.start_script).unwrap_or_default();
+        let opts = std::env::var("QEMU_OPTS").unwrap_or_default();
+        match ram::memory_mib(&text, &opts) {
+            Some(mib) => match ram::ram_dir(mib) {
+                Some(path) => {
+                    contract.ram = Some(RamFile {
+                        mib,
+                        path,
+                        shared: true,
+                    });
+                }
+                None => {
+                    tracing::info!(machine = %cfg.name, "snapshot RAM in the stream: less than {} MiB free in $VMRIG_RAM_DIR or /dev/shm", 2 * mib)
+                }
+            },
+            None => {
+                tracing::debug!(machine = %cfg.name, "snapshot RAM in the stream: the start script's -m is not certain")
+            }
         }
         let key = match snapshot::key(&cfg.start_script, contract) {
             Ok(k) => k,
@@ -135,13 +163,20 @@ impl Machine {
     ) -> Result<Running, String> {
         let started = Instant::now();
         let cfg = &self.inner.cfg;
-        let ram = entry.ram();
-        let hashing = tokio::task::spawn_blocking(move || hash_file(&ram));
+        let (stream, mem) = (
+            entry.ram(),
+            entry.meta.mem_hash.as_ref().map(|_| entry.mem()),
+        );
+        let hashing = tokio::task::spawn_blocking(move || {
+            let mem_hash = mem.map(|m| ram::hash_sparse(&m)).transpose()?;
+            hash_file(&stream).map(|(size, hash)| (size, hash, mem_hash))
+        });
         prepare_disks(entry, &cfg.state_dir).await?;
         tracing::debug!(machine = %cfg.name, "restore: disks ready after {:.3} s", started.elapsed().as_secs_f64());
         // As it was saved: forensic saves of machines booted without snapshots have none.
         contract.vmgenid = entry.meta.argv.iter().any(|a| a == "vmgenid");
         contract.incoming = true;
+        contract.ram = restored_ram(entry);
         let mut r = self
             .launch(contract)
             .await
@@ -161,7 +196,7 @@ impl Machine {
         for line in entry.console_lines() {
             self.inner.console.push_line(&line);
         }
-        tracing::info!(machine = %cfg.name, "restored from snapshot {} in {:.2} s (saved {}, {} MB)", entry.key, started.elapsed().as_secs_f64(), age(entry.meta.saved_at), entry.meta.ram_size >> 20);
+        tracing::info!(machine = %cfg.name, "restored from snapshot {} in {:.2} s (saved {}, {} MB)", entry.key, started.elapsed().as_secs_f64(), age(entry.meta.saved_at), entry.size >> 20);
         Ok(r)
     }
 
@@ -170,7 +205,7 @@ impl Machine {
         r: &mut Running,
         contract: &StartContract,
         entry: &Entry,
-        hashing: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
+        hashing: tokio::task::JoinHandle<std::io::Result<(u64, String, Option<String>)>>,
     ) -> Result<(), String> {
         let pid = r.child.id().unwrap_or(0);
         let (argv, exe) = qemu_command_line(pid, contract)?;
@@ -181,10 +216,16 @@ impl Machine {
                 argv.join(" ")
             ));
         }
-        let (size, hash) = hashing
+        let (size, hash, mem_hash) = hashing
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot read {}: {e}", entry.ram().display()))?;
+            .map_err(|e| format!("cannot read {}: {e}", entry.dir.display()))?;
+        if mem_hash != entry.meta.mem_hash {
+            return Err(format!(
+                "{} is damaged (hash differs)",
+                entry.mem().display()
+            ));
+        }
         if size != entry.meta.ram_size || hash != entry.meta.ram_hash {
             return Err(format!(
                 "{} is damaged ({size} bytes, saved {}; hash differs: {})",
@@ -195,6 +236,9 @@ impl Machine {
         }
         tracing::debug!(machine = %self.name(), "restore: command line and stream checked");
         let t = Instant::now();
+        if entry.meta.ignore_shared {
+            set_ignore_shared(r, true).await?;
+        }
         let uri = format!("exec:cat {}", sh_quote(&entry.ram().to_string_lossy()));
         r.qmp
             .execute(MigrateIncoming { uri })
@@ -309,15 +353,15 @@ impl Machine {
             )
             .await
             .unwrap_or_else(|_| Err(format!("saving took over {} s", budget.as_secs())));
-            let shared_mounted = match result {
-                Ok(m) => m,
+            let saved = match result {
+                Ok(saved) => saved,
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&staging);
                     return Err(e);
                 }
             };
             let entry = self
-                .finish_entry(r, store, &staging, &name, shared_mounted, started)
+                .finish_entry(r, store, &staging, &name, &saved, started)
                 .inspect_err(|_| {
                     let _ = std::fs::remove_dir_all(&staging);
                 })?;
@@ -337,7 +381,7 @@ impl Machine {
 
     /// A failed test's machine: unmount the share if the backdoor is up, then
     /// stop and write the stream and disks.
-    async fn preserve_into(&self, r: &mut Running, staging: &Path) -> Result<bool, String> {
+    async fn preserve_into(&self, r: &mut Running, staging: &Path) -> Result<Saved, String> {
         let mut mounted = false;
         if self.is_connected() {
             let out = r
@@ -360,8 +404,11 @@ impl Machine {
                 ));
             }
         }
-        self.migrate_to(r, staging).await?;
-        Ok(mounted)
+        let mem_hash = self.migrate_to(r, staging).await?;
+        Ok(Saved {
+            shared_mounted: mounted,
+            mem_hash,
+        })
     }
 
     /// Writes `staging`'s console, hash and meta and commits it under `key`.
@@ -371,7 +418,7 @@ impl Machine {
         store: &Store,
         staging: &Path,
         key: &str,
-        shared_mounted: bool,
+        saved: &Saved,
         started: Instant,
     ) -> Result<Entry, String> {
         let (ram_size, ram_hash) = hash_file(&staging.join("ram"))
@@ -388,7 +435,9 @@ impl Machine {
             exe,
             ram_size,
             ram_hash,
-            shared_mounted,
+            mem_hash: saved.mem_hash.clone(),
+            ignore_shared: r.ram_shared,
+            shared_mounted: saved.shared_mounted,
             saved_at: snapshot::now_secs(),
             save_secs: started.elapsed().as_secs_f64(),
         };
@@ -410,15 +459,21 @@ impl Machine {
             }
         };
         let result = self.save_into(r, &staging, &mut started).await;
-        let (shared_mounted, outcome) = match result {
-            Ok(mounted) => (mounted, Ok(())),
-            Err((mounted, e)) => (mounted, Err(e)),
+        let (saved, outcome) = match result {
+            Ok(saved) => (saved, Ok(())),
+            Err((mounted, e)) => (
+                Saved {
+                    shared_mounted: mounted,
+                    mem_hash: None,
+                },
+                Err(e),
+            ),
         };
         // The guest goes on as it was, saved or not.
-        let resumed = self.resume_after_save(r, shared_mounted).await;
+        let resumed = self.resume_after_save(r, saved.shared_mounted).await;
         let outcome = outcome
             .and(resumed)
-            .and_then(|()| self.finish_entry(r, store, &staging, key, shared_mounted, started));
+            .and_then(|()| self.finish_entry(r, store, &staging, key, &saved, started));
         match outcome {
             Ok(entry) => tracing::info!(
                 machine = %self.name(),
@@ -440,7 +495,7 @@ impl Machine {
         r: &mut Running,
         staging: &Path,
         started: &mut Instant,
-    ) -> Result<bool, (bool, String)> {
+    ) -> Result<Saved, (bool, String)> {
         // Then until the CPUs are mostly idle (half-second samples of
         // /proc/stat, at most IDLE_SECS): services still initialising at
         // readiness (a database being created) finish in the snapshot, not in
@@ -473,15 +528,21 @@ impl Machine {
                 ),
             ));
         }
-        self.migrate_to(r, staging)
+        let mem_hash = self
+            .migrate_to(r, staging)
             .await
             .map_err(|e| (mounted, e))?;
-        Ok(mounted)
+        Ok(Saved {
+            shared_mounted: mounted,
+            mem_hash,
+        })
     }
 
     /// Stops the machine, migrates it into `staging/ram` and copies the
     /// state directory's files (flushed by the migration) into `staging/disk`.
-    async fn migrate_to(&self, r: &mut Running, staging: &Path) -> Result<(), String> {
+    /// A shared RAM file is left out of the stream and copied to
+    /// `staging/mem`; returns its hash then.
+    async fn migrate_to(&self, r: &mut Running, staging: &Path) -> Result<Option<String>, String> {
         // QEMU's default of 128 MiB/s would make a save take seconds.
         r.qmp
             .execute_raw(
@@ -490,6 +551,8 @@ impl Machine {
             )
             .await
             .map_err(|e| format!("migrate-set-parameters: {e}"))?;
+        // Also off: a restored machine has it on for its incoming stream.
+        set_ignore_shared(r, r.ram_shared).await?;
         r.qmp
             .execute(Stop)
             .await
@@ -533,7 +596,18 @@ impl Machine {
             let to = staging.join("disk").join(f.file_name().unwrap_or_default());
             std::fs::copy(&f, &to).map_err(|e| format!("cannot copy {}: {e}", f.display()))?;
         }
-        Ok(())
+        if !r.ram_shared {
+            return Ok(None);
+        }
+        let pid = r.child.id().unwrap_or(0);
+        let from = ram::qemu_ram_file(pid, RAM_ID)
+            .ok_or_else(|| format!("cannot find QEMU's RAM file among /proc/{pid}/fd"))?;
+        let to = staging.join("mem");
+        let (_, hash) = tokio::task::spawn_blocking(move || ram::copy_sparse(&from, &to))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot copy the guest's RAM: {e}"))?;
+        Ok(Some(hash))
     }
 
     async fn resume_after_save(&self, r: &mut Running, shared_mounted: bool) -> Result<(), String> {
@@ -566,6 +640,42 @@ impl Machine {
         }
         Ok(())
     }
+}
+
+/// Sets QEMU's `x-ignore-shared` migration capability: RAM in a shared file
+/// is not in the stream.
+async fn set_ignore_shared(r: &mut Running, on: bool) -> Result<(), String> {
+    r.qmp
+        .execute_raw(
+            "migrate-set-capabilities",
+            serde_json::json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] }),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| format!("migrate-set-capabilities x-ignore-shared: {e}"))
+}
+
+/// The RAM file of a restored copy: the saved machine's backend, mapping the
+/// snapshot's `mem` privately (or, for a stream that holds the RAM, a new
+/// file of its own).
+fn restored_ram(entry: &Entry) -> Option<RamFile> {
+    let prefix = format!("memory-backend-file,id={RAM_ID},size=");
+    let size = entry
+        .meta
+        .argv
+        .iter()
+        .find_map(|a| a.strip_prefix(&prefix))?;
+    let mib = size.split(['M', ',']).next()?.parse().ok()?;
+    let path = if entry.meta.mem_hash.is_some() {
+        entry.mem()
+    } else {
+        ram::ram_dir(mib).unwrap_or_else(std::env::temp_dir)
+    };
+    Some(RamFile {
+        mib,
+        path,
+        shared: false,
+    })
 }
 
 /// The regular files of a state directory (sockets and directories are not state).

@@ -2,7 +2,9 @@
 //! runs restore them (QEMU's `-incoming`) instead of booting.
 //!
 //! Layout: `<store>/<key>/` with `meta.json` ([`Meta`]), `ram` (QEMU's
-//! migration stream: RAM and device state), `console.log` (the boot's serial
+//! migration stream: device state, and RAM unless `mem` holds it), `mem`
+//! (the guest's RAM as a sparse file, mapped privately by restored copies:
+//! see [`ram`]), `console.log` (the boot's serial
 //! console) and `disk/` (the files of the machine's state directory when it
 //! was saved: its disk overlay). An entry is written under `.tmp-*` and
 //! renamed into place whole, so a reader never sees half of one. The key
@@ -25,8 +27,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use vmrig_guest::contract::StartContract;
 
+pub mod ram;
+
 /// Bumped when the layout or the save/restore recipe changes.
-const FORMAT: &str = "vmrig-snapshot v1";
+const FORMAT: &str = "vmrig-snapshot v2";
 
 /// Default size cap of the store: least recently used entries go first beyond it.
 pub const DEFAULT_CAP: u64 = 8 << 30;
@@ -46,6 +50,14 @@ pub struct Meta {
     pub ram_size: u64,
     /// BLAKE3 of `ram`: a corrupt stream is refused before QEMU reads it.
     pub ram_hash: String,
+    /// BLAKE3 of `mem`'s pages that are not zero ([`ram::copy_sparse`]),
+    /// when the guest's RAM was a shared file saved apart from the stream.
+    #[serde(default)]
+    pub mem_hash: Option<String>,
+    /// Whether the stream was written with QEMU's `x-ignore-shared` (it
+    /// must be read with it too).
+    #[serde(default)]
+    pub ignore_shared: bool,
     /// Whether `/tmp/shared` was mounted (it is unmounted to save, and mounted
     /// again after a restore).
     pub shared_mounted: bool,
@@ -74,6 +86,11 @@ impl Entry {
     /// The migration stream.
     pub fn ram(&self) -> PathBuf {
         self.dir.join("ram")
+    }
+
+    /// The guest's RAM, when saved apart from the stream.
+    pub fn mem(&self) -> PathBuf {
+        self.dir.join("mem")
     }
 
     /// The saved state-directory files.
@@ -417,6 +434,8 @@ mod tests {
             exe: "/usr/bin/qemu".into(),
             ram_size: 3,
             ram_hash: blake3::hash(b"ram").to_hex().to_string(),
+            mem_hash: None,
+            ignore_shared: false,
             shared_mounted: true,
             saved_at: 1,
             save_secs: 0.1,
