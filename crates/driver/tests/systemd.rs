@@ -251,6 +251,14 @@ fn start_and_stop_jobs(m: &Machine) {
 
 /// The `user=` forms: `systemctl --user` in a login shell of alice.
 fn user_units(m: &Machine) {
+    // As on NixOS, `su` opens no systemd session (no user manager for root).
+    assert_eq!(
+        m.succeed(&["su -- root -c 'echo ${XDG_SESSION_ID:-none}'"], None)
+            .unwrap(),
+        "none\n"
+    );
+    let (status, _) = m.systemctl("is-active user@0.service", None).unwrap();
+    assert_ne!(status, 0, "su started a user manager for root");
     m.wait_for_unit("user@1000.service", None, WAIT).unwrap();
     m.wait_for_unit("default.target", Some("alice"), WAIT)
         .unwrap();

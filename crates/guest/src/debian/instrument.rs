@@ -7,7 +7,7 @@ use super::rootfs::symlink;
 use crate::error::{IoContext, Result};
 
 /// Bumped whenever what a layer holds changes (the build code, `instrument`).
-pub(super) const RECIPE: &str = "vmrig-debian v3";
+pub(super) const RECIPE: &str = "vmrig-debian v4";
 
 /// Units masked in every guest: serial gettys would steal the backdoor's console
 /// (as NixOS's test instrumentation disables them), timers and the rest only cost
@@ -48,6 +48,24 @@ pub(super) const MASKED_UNITS: &[&str] = &[
     "systemd-sysusers.service",
 ];
 
+/// Debian's `/etc/pam.d/su` with the session stack of non-interactive
+/// services (the same as `common-session`, less `pam_systemd`).
+fn su_without_session(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.trim() == "@include common-session" {
+                "@include common-session-noninteractive"
+            } else {
+                l
+            }
+        })
+        .fold(String::new(), |mut out, l| {
+            out.push_str(l);
+            out.push('\n');
+            out
+        })
+}
+
 /// The test instrumentation every debian guest shares.
 pub(super) fn instrument(root: &Path) -> Result<()> {
     let units = root.join("etc/systemd/system");
@@ -82,6 +100,13 @@ pub(super) fn instrument(root: &Path) -> Result<()> {
          PATH DEFAULT=/etc/profiles/per-user/@{PAM_USER}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
     );
     write("etc/security/pam_env.conf", &text)?;
+    // `su` opens no systemd session, as on NixOS (its su service has no
+    // startSession): Debian's would start a user manager for every
+    // `su -- alice -c CMD`, about 2 s under TCG each time.
+    let su = root.join("etc/pam.d/su");
+    if let Ok(text) = std::fs::read_to_string(&su) {
+        write("etc/pam.d/su", &su_without_session(&text))?;
+    }
     write(
         "etc/profile.d/vmrig-per-user.sh",
         "d=/etc/profiles/per-user/$(id -un)/bin\n\
@@ -99,4 +124,19 @@ pub(super) fn instrument(root: &Path) -> Result<()> {
         &format!("{RECIPE}\nvmrig {}\n", env!("CARGO_PKG_VERSION")),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn su_gets_the_non_interactive_session_stack() {
+        let debian = "auth       sufficient pam_rootok.so\nsession       required   pam_env.so readenv=1\n@include common-auth\n@include common-account\n@include common-session\n";
+        let ours = su_without_session(debian);
+        assert!(ours.contains("\n@include common-session-noninteractive\n"));
+        assert!(!ours.contains("\n@include common-session\n"));
+        assert_eq!(ours.lines().count(), debian.lines().count());
+        assert!(ours.starts_with("auth       sufficient pam_rootok.so\n"));
+    }
 }
