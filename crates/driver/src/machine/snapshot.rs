@@ -3,10 +3,13 @@
 //! restore it with `-incoming` instead of booting.
 //!
 //! Saving: the guest settles (`systemctl is-system-running --wait` on systemd
-//! guests) and unmounts `/tmp/shared` (a mounted 9p share blocks migration);
-//! QEMU stops, migrates to a file, the state directory's files (the disk
-//! overlay, flushed by the migration) are copied, and the guest goes on with
-//! the share mounted again. Restoring: the state directory gets qcow2
+//! guests, then until its CPUs are mostly idle) and unmounts `/tmp/shared`
+//! (a mounted 9p share blocks migration); QEMU stops, migrates to a file
+//! (device state only when the RAM is a shared file, which is copied apart:
+//! [`crate::snapshot::ram`]), the state directory's files (the disk overlay,
+//! flushed by the migration) are copied, and the guest goes on with the share
+//! mounted again. Restoring: the RAM file is mapped privately, the state
+//! directory gets qcow2
 //! overlays of the saved disks (the snapshot never changes), QEMU starts with
 //! `-incoming defer` and `-device vmgenid` (a new generation id reseeds the
 //! guest's RNG), its real command line is checked against the saved one, the
@@ -45,8 +48,11 @@ fn forensics_max() -> u64 {
         .map_or(4 << 30, |mb| mb << 20)
 }
 
-/// Bound for a guest to become idle before it is saved.
-const IDLE_SECS: u32 = 30;
+/// Bound for a guest to become idle before it is saved. Generous: what the
+/// guest still does then (a browser starting, a database being created) is
+/// done once in the snapshot instead of in every restored run, and a test's
+/// first command would have waited for most of it anyway.
+const IDLE_SECS: u32 = 90;
 
 /// Bound for a systemd guest to finish starting before it is saved.
 const SETTLE_SECS: u32 = 120;
