@@ -73,6 +73,12 @@ pub mod request;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod switch;
+#[cfg(feature = "vhost-user")]
+mod vhost_link;
+#[cfg(feature = "vhost-ring")]
+pub mod vhost_ring;
+#[cfg(feature = "vhost-user")]
+mod vhost_user;
 
 #[cfg(feature = "server")]
 pub use client::{RecvBatch, VdePlug};
