@@ -78,6 +78,8 @@ mod vhost_link;
 #[cfg(feature = "vhost-ring")]
 pub mod vhost_ring;
 #[cfg(feature = "vhost-user")]
+mod vhost_shim;
+#[cfg(feature = "vhost-user")]
 mod vhost_user;
 
 #[cfg(feature = "server")]

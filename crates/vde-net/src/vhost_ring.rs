@@ -310,8 +310,12 @@ mod tests {
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
             let mut queue = Queue::new(SIZE).unwrap();
             queue.set_size(SIZE);
-            queue.try_set_desc_table_address(GuestAddress(DESC)).unwrap();
-            queue.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
+            queue
+                .try_set_desc_table_address(GuestAddress(DESC))
+                .unwrap();
+            queue
+                .try_set_avail_ring_address(GuestAddress(AVAIL))
+                .unwrap();
             queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
             queue.set_ready(true);
             Ring {
@@ -378,8 +382,12 @@ mod tests {
         let f = frame(60);
         // Header alone, then the frame split in two.
         r.mem.write_slice(&[7; 12], GuestAddress(DATA)).unwrap();
-        r.mem.write_slice(&f[..20], GuestAddress(DATA + 100)).unwrap();
-        r.mem.write_slice(&f[20..], GuestAddress(DATA + 200)).unwrap();
+        r.mem
+            .write_slice(&f[..20], GuestAddress(DATA + 100))
+            .unwrap();
+        r.mem
+            .write_slice(&f[20..], GuestAddress(DATA + 200))
+            .unwrap();
         r.desc(0, DATA, 12, NEXT, 1);
         r.desc(1, DATA + 100, 20, NEXT, 2);
         r.desc(2, DATA + 200, 40, 0, 0);
@@ -411,7 +419,9 @@ mod tests {
         r.desc(3, DATA, (NET_HDR_LEN + MAX_FRAME + 1) as u32, 0, 0);
         r.desc(4, DATA, 100, WRITE, 0);
         r.desc(5, DATA, 5, 0, 0);
-        r.mem.write_slice(&frame(72), GuestAddress(DATA + 0x1000)).unwrap();
+        r.mem
+            .write_slice(&frame(72), GuestAddress(DATA + 0x1000))
+            .unwrap();
         r.desc(6, DATA + 0x1000, 72, 0, 0);
         for head in [0, 1, 3, 4, 5, 6] {
             r.offer(head);
@@ -489,7 +499,9 @@ mod tests {
         assert_eq!(r.used(1), (2, 40));
         assert_eq!(r.used(2), (3, 32));
         let mut got = vec![0u8; 120];
-        r.mem.read_slice(&mut got[..40], GuestAddress(DATA)).unwrap();
+        r.mem
+            .read_slice(&mut got[..40], GuestAddress(DATA))
+            .unwrap();
         r.mem
             .read_slice(&mut got[40..80], GuestAddress(DATA + 100))
             .unwrap();

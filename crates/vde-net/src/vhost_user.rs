@@ -10,11 +10,14 @@
 //! the same socket: the port number, counters and faults stay.
 //!
 //! Negotiated: `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MRG_RXBUF` (QEMU 7.2 and Linux both
-//! use it; the switch also serves drivers without it), `VHOST_USER_F_PROTOCOL_FEATURES`
-//! with `MQ` (one queue pair) and `REPLY_ACK`. No offloads (checksum, TSO) and no
-//! `EVENT_IDX`: every frame is whole and checksummed, as on a VDE port.
+//! use it; the switch also serves drivers without it) and
+//! `VHOST_USER_F_PROTOCOL_FEATURES` with `MQ` (one queue pair). QEMU's messages pass
+//! through a small relay (`vhost_shim`) that fixes up QEMU 7.2's order of messages for
+//! the vhost crate. Not offered: offloads (checksum, TSO) and `EVENT_IDX`: every frame
+//! is whole and checksummed, as on a VDE port.
 
 use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,14 +29,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{
-    ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT,
-};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::error::{Error, Result};
 use crate::port::PortId;
@@ -52,6 +55,9 @@ const WAKE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 const MAX_QUEUE_SIZE: usize = 1024;
 /// TX chains taken per pass before the RX side gets a turn.
 const TX_BUDGET: usize = 64;
+
+/// Names of the relays' private sockets.
+static RELAY_SEQ: AtomicU64 = AtomicU64::new(0);
 
 const LISTENER: Token = Token(0);
 const STOP: Token = Token(1);
@@ -76,10 +82,9 @@ impl VhostPort {
     /// Binds `socket` and starts the port's thread; QEMU may connect once this returns.
     pub(crate) fn start(shared: Weak<Shared>, port: PortId, socket: &Path) -> Result<VhostPort> {
         let listener = bind(socket, port)?;
-        let link = Arc::new(
-            VhostLink::new(port)
-                .map_err(|e| Error::io(format!("creating the eventfd of vhost-user port {port}"), e))?,
-        );
+        let link = Arc::new(VhostLink::new(port).map_err(|e| {
+            Error::io(format!("creating the eventfd of vhost-user port {port}"), e)
+        })?);
         let poll = Poll::new().map_err(|e| Error::io("creating an epoll instance", e))?;
         let waker = Waker::new(poll.registry(), STOP)
             .map_err(|e| Error::io("creating an epoll waker", e))?;
@@ -106,7 +111,13 @@ impl VhostPort {
     /// Cuts any connection, stops the thread and removes the socket.
     pub(crate) fn stop(mut self) {
         self.control.stop.store(true, Ordering::SeqCst);
-        if let Some(conn) = self.control.conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(conn) = self
+            .control
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             conn.shutdown();
         }
         let _ = self.control.waker.wake();
@@ -149,7 +160,10 @@ fn bind(socket: &Path, port: PortId) -> Result<UnixListener> {
     }
     UnixListener::bind(socket).map_err(|e| {
         Error::io(
-            format!("binding vhost-user socket {} for port {port}", socket.display()),
+            format!(
+                "binding vhost-user socket {} for port {port}",
+                socket.display()
+            ),
             e,
         )
     })
@@ -188,8 +202,12 @@ fn serve(
             continue;
         }
         match serve_one(&shared, &link, &control, &listener) {
-            Ok(()) => info!(port = port.0, socket = %socket.display(), "vhost-user port: QEMU disconnected"),
-            Err(e) => warn!(port = port.0, socket = %socket.display(), "vhost-user port: connection ended: {e}"),
+            Ok(()) => {
+                info!(port = port.0, socket = %socket.display(), "vhost-user port: QEMU disconnected")
+            }
+            Err(e) => {
+                warn!(port = port.0, socket = %socket.display(), "vhost-user port: connection ended: {e}")
+            }
         }
         link.set_connected(false);
         if let Some(shared) = shared.upgrade() {
@@ -217,15 +235,33 @@ fn serve_one(
     .map_err(|e| e.to_string())?;
     let handlers = daemon.get_epoll_handlers();
     for h in &handlers {
-        h.register_listener(link.wake_rx.as_raw_fd(), EventSet::IN, u64::from(WAKE_EVENT))
-            .map_err(|e| format!("cannot watch the port's eventfd: {e}"))?;
+        h.register_listener(
+            link.wake_rx.as_raw_fd(),
+            EventSet::IN,
+            u64::from(WAKE_EVENT),
+        )
+        .map_err(|e| format!("cannot watch the port's eventfd: {e}"))?;
     }
-    // The listener is blocking and has a connection waiting: this accepts it.
-    let mut l = Listener::from(
-        listener
-            .try_clone()
-            .map_err(|e| format!("cannot share the listening socket: {e}"))?,
+    // QEMU talks to the request handler through the relay (see `vhost_shim`). The
+    // daemon only accepts from a listener: a private one, in the abstract namespace.
+    let (qemu, _) = listener
+        .accept()
+        .map_err(|e| format!("cannot accept QEMU's connection: {e}"))?;
+    let name = format!(
+        "vmrig-vhost-{}-{}-{}",
+        std::process::id(),
+        port,
+        RELAY_SEQ.fetch_add(1, Ordering::Relaxed)
     );
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| format!("cannot name the relay socket: {e}"))?;
+    let private =
+        UnixListener::bind_addr(&addr).map_err(|e| format!("cannot bind the relay socket: {e}"))?;
+    let to_handler = std::os::unix::net::UnixStream::connect_addr(&addr)
+        .map_err(|e| format!("cannot connect the relay: {e}"))?;
+    crate::vhost_shim::relay(qemu, to_handler)
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+    let mut l = Listener::from(private);
     let started = daemon.start(&mut l).map_err(|e| e.to_string());
     let result = started.and_then(|()| {
         *control.conn.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
@@ -233,9 +269,20 @@ fn serve_one(
             daemon.request_shutdown();
         }
         info!(port = port.0, "vhost-user port: QEMU connected");
-        daemon.wait().map_err(|e| e.to_string())
+        match daemon.wait() {
+            // QEMU closing its end is how a connection normally ends.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     });
-    control.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+    control
+        .conn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     // The worker threads only exit when told.
     for h in &handlers {
         h.send_exit_event();
@@ -281,17 +328,29 @@ impl NetBackend {
             let mut frames = Vec::new();
             let stats = {
                 let mut state = vring.get_mut();
-                take_tx(state.get_queue_mut(), mem, layout, room, &mut scratch, |f| {
-                    frames.push(self.link.copy(f))
-                })
+                take_tx(
+                    state.get_queue_mut(),
+                    mem,
+                    layout,
+                    room,
+                    &mut scratch,
+                    |f| frames.push(self.link.copy(f)),
+                )
             };
             if stats.chains > 0 {
                 let _ = vring.signal_used_queue();
             }
             if stats.bad > 0 {
-                debug!(port = self.link.port.0, bad = stats.bad, "vhost-user port: malformed TX chains dropped");
+                debug!(
+                    port = self.link.port.0,
+                    bad = stats.bad,
+                    "vhost-user port: malformed TX chains dropped"
+                );
                 if let Some(shared) = self.shared.upgrade() {
-                    shared.lock().core.note_bad_ingress(self.link.port, stats.bad as u64);
+                    shared
+                        .lock()
+                        .core
+                        .note_bad_ingress(self.link.port, stats.bad as u64);
                 }
             }
             if !frames.is_empty() {
@@ -363,6 +422,9 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn features(&self) -> u64 {
+        // VHOST_USER_F_PROTOCOL_FEATURES is required by QEMU 7.2's vhost-user-net
+        // (it enables the rings with SET_VRING_ENABLE); `vhost_shim` makes its order
+        // of messages acceptable to the vhost crate.
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
@@ -373,7 +435,9 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        // One queue pair; no REPLY_ACK, so that no reply is due for a message the relay
+        // swallows.
+        VhostUserProtocolFeatures::MQ
     }
 
     fn set_event_idx(&self, _enabled: bool) {
