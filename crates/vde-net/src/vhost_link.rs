@@ -129,7 +129,7 @@ impl VhostLink {
 
     /// Ring thread: room left for TX frames; zero marks the thread as blocked, to be
     /// woken when the frame thread takes some.
-    pub(crate) fn from_guest_room(&self) -> usize {
+    pub(crate) fn room_from_guest(&self) -> usize {
         let mut q = lock(&self.from_guest);
         let room = LINK_QUEUE.saturating_sub(q.frames.len());
         q.blocked = room == 0;

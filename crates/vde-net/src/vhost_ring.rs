@@ -467,7 +467,7 @@ mod tests {
         r.offer(0);
         let f = frame(60);
         assert_eq!(r.rx(&f), RxOutcome::Delivered(1));
-        let mut got = vec![0u8; 72];
+        let mut got = [0u8; 72];
         r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
         assert_eq!(got[..10], [0; 10]);
         assert_eq!(got[10..12], [1, 0]);
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(r.used(0), (0, 40));
         assert_eq!(r.used(1), (2, 40));
         assert_eq!(r.used(2), (3, 32));
-        let mut got = vec![0u8; 120];
+        let mut got = [0u8; 120];
         r.mem
             .read_slice(&mut got[..40], GuestAddress(DATA))
             .unwrap();

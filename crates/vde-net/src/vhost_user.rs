@@ -320,7 +320,7 @@ impl NetBackend {
         let layout = self.layout();
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let room = self.link.from_guest_room().min(TX_BUDGET);
+            let room = self.link.room_from_guest().min(TX_BUDGET);
             if room == 0 {
                 // The frame thread wakes us once it has taken some.
                 break;
