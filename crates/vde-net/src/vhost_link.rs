@@ -171,3 +171,48 @@ impl VhostLink {
         more
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_that_never_takes_its_frames_only_loses_its_own() {
+        let link = VhostLink::new(PortId(3)).unwrap();
+        // No QEMU yet: every frame is a drop.
+        assert!(!link.deliver(&[1; 60]));
+        link.set_connected(true);
+        for _ in 0..LINK_QUEUE {
+            assert!(link.deliver(&[2; 60]));
+        }
+        // The RX ring is never refilled: the queue stays full and further frames are
+        // refused at once (the frame thread counts them as drops), never waited for.
+        assert!(!link.deliver(&[3; 60]));
+        let first = link.next_to_guest().unwrap();
+        assert_eq!(first, vec![2; 60]);
+        link.unget_to_guest(first);
+        assert!(!link.deliver(&[3; 60]));
+        // The guest goes away: its frames go with it.
+        link.set_connected(false);
+        assert!(link.next_to_guest().is_none());
+    }
+
+    #[test]
+    fn a_full_tx_queue_blocks_the_ring_thread_until_the_frame_thread_takes_some() {
+        let link = VhostLink::new(PortId(1)).unwrap();
+        link.set_connected(true);
+        assert_eq!(link.room_from_guest(), LINK_QUEUE);
+        link.push_from_guest((0..LINK_QUEUE).map(|i| vec![i as u8; 14]));
+        assert_eq!(link.room_from_guest(), 0);
+        assert!(link.wake_rx.consume().is_err(), "nothing to wake yet");
+        let mut got = Vec::new();
+        let more = link.take_from_guest(64, |f| got.push(f[0]));
+        assert!(more);
+        assert_eq!(got, (0..64).map(|i| i as u8).collect::<Vec<_>>());
+        // The blocked ring thread is woken, once.
+        assert!(link.wake_rx.consume().is_ok());
+        assert_eq!(link.room_from_guest(), 64);
+        link.take_from_guest(64, |_| {});
+        assert!(link.wake_rx.consume().is_err());
+    }
+}
