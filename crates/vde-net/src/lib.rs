@@ -17,10 +17,10 @@
 //! - **a blocking client** ([`VdePlug`]) that speaks libvdeplug's side, for tests and
 //!   benchmarks;
 //! - **vhost-user ports** (feature `vhost-user`, off by default):
-//!   [`Switch::add_vhost_user_port`] serves a QEMU `-netdev vhost-user` NIC from the
+//!   `Switch::add_vhost_user_port` serves a QEMU `-netdev vhost-user` NIC from the
 //!   guest's shared memory, on rust-vmm's `vhost-user-backend`. Such ports join the same
 //!   switch as VDE ports: one MAC table, the same counters, faults and capture. The
-//!   descriptor handling ([`vhost_ring`], feature `vhost-ring`, sans-IO and fuzzed)
+//!   descriptor handling (module `vhost_ring`, feature `vhost-ring`, sans-IO and fuzzed)
 //!   trusts nothing from the guest, and a guest that stops taking frames only loses
 //!   its own. QEMU needs shared guest RAM (`-object
 //!   memory-backend-memfd,id=mem,size=SIZE,share=on -machine memory-backend=mem`), and
