@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vmrig_guest::harness::{Guest, StartOptions};
-use vmrig_vde_net::{pcap, Error, PortId, Switch, SwitchOptions};
+use vmrig_vde_net::{pcap, Error, PortId, Switch, SwitchOptions, VdePlug};
 
 const CMD: Duration = Duration::from_secs(60);
 const MEMORY_MB: u32 = 256;
@@ -250,6 +250,19 @@ fn vhost_user_guests_talk_fail_and_reconnect() {
         "ping crossed a downed link"
     );
     switch.set_port_link(pa, true).unwrap();
+    switch
+        .set_port_delay(pb, Duration::from_millis(150), Duration::ZERO)
+        .unwrap();
+    let t = Instant::now();
+    let (status, outp) = ping(&mut a, "192.168.1.2", 1);
+    assert_eq!(status, 0, "{outp}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "delay not applied: {outp}"
+    );
+    switch
+        .set_port_delay(pb, Duration::ZERO, Duration::ZERO)
+        .unwrap();
     switch.partition(&[vec![pa, pc_], vec![pb]]);
     assert_eq!(ping(&mut a, "192.168.1.3", 1).0, 0);
     assert_ne!(
@@ -348,4 +361,34 @@ fn bad_sockets_are_named_in_errors() {
     assert!(sock.exists());
     let p = switch.add_vhost_user_port(&sock).unwrap();
     assert!(!switch.vhost_user_connected(p).unwrap());
+}
+
+#[test]
+fn frames_for_a_vhost_user_port_without_qemu_are_counted_drops() {
+    let rt = runtime();
+    let work = tempfile::tempdir().unwrap();
+    let switch = rt
+        .block_on(Switch::start(SwitchOptions::new(work.path().join("sw"))))
+        .unwrap();
+    let pv = switch
+        .add_vhost_user_port(work.path().join("v.sock"))
+        .unwrap();
+    let dir = switch.dir().to_owned();
+    // Blocking, on this thread: the switch runs on the runtime's workers.
+    let plug = VdePlug::connect(&dir, "load").unwrap();
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[0x52, 0x54, 0, 0x12, 9, 9, 0x08, 0x00]);
+    frame.resize(60, 0);
+    for _ in 0..10 {
+        plug.send(&frame).unwrap();
+    }
+    wait_until("the frames are forwarded", Duration::from_secs(10), || {
+        let ports = switch.ports();
+        let v = ports.iter().find(|p| p.id == pv).unwrap();
+        v.counters.drops == 10
+    });
+    let ports = switch.ports();
+    let v = ports.iter().find(|p| p.id == pv).unwrap();
+    assert_eq!(v.counters.tx_frames, 0, "{:?}", v.counters);
+    assert!(v.description.contains("v.sock"), "{}", v.description);
 }
