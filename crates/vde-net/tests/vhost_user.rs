@@ -101,6 +101,20 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Threads of this process that serve one vhost-user connection (the protocol
+/// thread, the ring worker and the relay's two), by name.
+fn connection_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| {
+            ["vhost-user-", "vring_worker", "vhost-relay-"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        })
+        .count()
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -282,12 +296,20 @@ fn vhost_user_guests_talk_fail_and_reconnect() {
         );
     }
 
-    // SIGKILL a's QEMU: the port lets go (no MAC, not connected, no spinning thread).
+    // SIGKILL a's QEMU: the port lets go (no MAC, not connected, no spinning thread,
+    // none of its connection's threads left).
+    let threads = connection_threads();
+    assert_eq!(threads, 8, "two connections of 4 threads each");
     drop(a);
     wait_until("port a disconnects", Duration::from_secs(10), || {
         !switch.vhost_user_connected(pa).unwrap()
     });
     assert_eq!(switch.port_of(mac(1)), None);
+    wait_until(
+        "a's connection threads exit",
+        Duration::from_secs(10),
+        || connection_threads() == 4,
+    );
     let before = cpu_time();
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_time() - before;
