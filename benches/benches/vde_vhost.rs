@@ -6,8 +6,9 @@
 //! memory" in a memfd shared with the switch, one RX and one TX ring of 256 entries,
 //! driven by hand from the driver's side. Ports pair up (0<->1, 2<->3, ...); every port
 //! first announces its MAC, then every even port sends `FRAMES / (N/2)` 60-byte unicast
-//! frames to its partner as fast as its TX ring allows (32 per kick) while the partner
-//! refills its RX ring as frames land. frames/s = frames received / time from the first
+//! frames to its partner as fast as its TX ring allows (32 per kick, waiting for the
+//! switch's used-ring signal when the ring is full) while the partner refills its RX
+//! ring whenever the switch signals it, as a guest driver does on its interrupt. frames/s = frames received / time from the first
 //! send to the last receive; loss = sent - received (frames a full RX ring made the
 //! switch drop). CPU per frame = the switch process's CPU time (user + system) over
 //! the phase / frames sent into it.
@@ -27,6 +28,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const FRAMES: u64 = 200_000;
@@ -129,7 +131,9 @@ struct Port {
     rx: Ring,
     tx: Ring,
     kick: [EventFd; 2],
-    _call: [EventFd; 2],
+    call: [EventFd; 2],
+    /// One epoll per call eventfd: vmm-sys-util's safe way to wait with a timeout.
+    epoll: [Epoll; 2],
     scratch: Vec<u16>,
 }
 
@@ -202,7 +206,17 @@ impl Port {
             rx: Ring::new(RX_DESC, RX_AVAIL, RX_USED, RX_BUFS),
             tx: Ring::new(TX_DESC, TX_AVAIL, TX_USED, TX_BUFS),
             kick,
-            _call: call,
+            epoll: [0, 1].map(|q| {
+                let e = Epoll::new().unwrap();
+                e.ctl(
+                    ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(&call[q]),
+                    EpollEvent::new(EventSet::IN, 0),
+                )
+                .unwrap();
+                e
+            }),
+            call,
             scratch: Vec::new(),
         };
         // Every RX buffer offered up front.
@@ -232,6 +246,19 @@ impl Port {
             self.kick[1].write(1).unwrap();
         }
         n
+    }
+
+    /// Waits (at most `timeout`) for the switch to signal queue `q`, as a guest waits
+    /// for its interrupt.
+    fn wait(&self, q: usize, timeout: Duration) {
+        let mut events = [EpollEvent::default()];
+        if self.epoll[q]
+            .wait(timeout.as_millis() as i32, &mut events)
+            .unwrap_or(0)
+            > 0
+        {
+            let _ = self.call[q].read();
+        }
     }
 
     /// Takes the frames received and gives their buffers back; returns how many.
@@ -282,7 +309,8 @@ fn load(dir: &Path, n: usize, frames: u64) {
                 let got = tx.send(&f, want);
                 sent += got as u64;
                 if got == 0 {
-                    std::thread::sleep(Duration::from_micros(20));
+                    // TX ring full: wait for the switch to return chains.
+                    tx.wait(1, Duration::from_millis(10));
                 }
             }
             (sent, tx)
@@ -293,7 +321,7 @@ fn load(dir: &Path, n: usize, frames: u64) {
             while received < per_pair && idle_since.elapsed() < Duration::from_millis(500) {
                 let got = rx.receive();
                 if got == 0 {
-                    std::thread::sleep(Duration::from_micros(20));
+                    rx.wait(0, Duration::from_millis(100));
                 } else {
                     received += got as u64;
                     idle_since = Instant::now();
