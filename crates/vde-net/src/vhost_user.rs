@@ -206,7 +206,9 @@ fn serve(
                 info!(port = port.0, socket = %socket.display(), "vhost-user port: QEMU disconnected")
             }
             Err(e) => {
-                warn!(port = port.0, socket = %socket.display(), "vhost-user port: connection ended: {e}")
+                warn!(port = port.0, socket = %socket.display(), "vhost-user port: connection ended: {e}");
+                // EMFILE and the like leave the socket readable: back off, don't spin.
+                std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
         link.set_connected(false);
