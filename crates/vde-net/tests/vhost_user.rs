@@ -414,3 +414,112 @@ fn frames_for_a_vhost_user_port_without_qemu_are_counted_drops() {
     assert_eq!(v.counters.tx_frames, 0, "{:?}", v.counters);
     assert!(v.description.contains("v.sock"), "{}", v.description);
 }
+
+mod vhost_frontend;
+
+use vm_memory::Bytes as _;
+
+/// A frontend that feeds its TX ring garbage (addresses outside its memory, a loop, a
+/// descriptor of 4 GiB, device-writable TX buffers, an impossible avail index) and
+/// never refills its RX ring hurts nobody else: two well-behaved frontends on the same
+/// switch keep exchanging frames, and the garbage is counted on its own port.
+#[test]
+fn a_hostile_frontend_only_hurts_itself() {
+    use vhost_frontend::{frame, mac, Port, MEM_SIZE, QUEUE, TX_BUFS};
+    let rt = runtime();
+    let work = tempfile::tempdir().unwrap();
+    let switch = rt
+        .block_on(Switch::start(SwitchOptions::new(work.path().join("sw"))))
+        .unwrap();
+    let socks: Vec<_> = (0..3)
+        .map(|i| work.path().join(format!("p{i}.sock")))
+        .collect();
+    let ports: Vec<PortId> = socks
+        .iter()
+        .map(|s| switch.add_vhost_user_port(s).unwrap())
+        .collect();
+    let mut good_a = Port::connect(&socks[0]);
+    let mut good_b = Port::connect(&socks[1]);
+    let mut evil = Port::connect(&socks[2]);
+    wait_until("all three connected", Duration::from_secs(10), || {
+        ports
+            .iter()
+            .all(|&p| switch.vhost_user_connected(p).unwrap())
+    });
+    // Everyone announces itself (the evil port too, so it gets unicast as well).
+    for (i, p) in [&mut good_a, &mut good_b, &mut evil]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(p.send(&frame([0xff; 6], mac(i)), 1), 1);
+    }
+    wait_until("all three learned", Duration::from_secs(10), || {
+        (0..3).all(|i| switch.port_of(mac(i)).is_some())
+    });
+    // The announcements reach the good ones (each gets the two others'): take them.
+    let mut announced = 0;
+    wait_until("the announcements arrive", Duration::from_secs(10), || {
+        announced += good_a.receive() + good_b.receive();
+        announced == 4
+    });
+
+    // The garbage: chains 0..5, then a valid frame in chain 6.
+    let mem = evil.mem.clone();
+    let out = 1 << 40;
+    evil.tx.offer_raw(&mem, 0, (out, 100, 0, 0)); // outside memory
+    evil.tx.offer_raw(&mem, 1, (MEM_SIZE - 8, 100, 0, 0)); // runs off the end
+    evil.tx.write_desc(&mem, 3, (TX_BUFS, 12, 1, 2)); // 2 -> 3 -> 2 ...
+    evil.tx.offer_raw(&mem, 2, (TX_BUFS, 12, 1, 3));
+    evil.tx.offer_raw(&mem, 4, (TX_BUFS, u32::MAX, 0, 0)); // 4 GiB
+    evil.tx.offer_raw(&mem, 5, (TX_BUFS, 72, 2, 0)); // device-writable
+    let good = frame(mac(0), mac(2));
+    mem.write_slice(&good, vm_memory::GuestAddress(TX_BUFS + 0x1000))
+        .unwrap();
+    evil.tx
+        .offer_raw(&mem, 6, (TX_BUFS + 0x1000, good.len() as u32, 0, 0));
+    let before = switch.ports()[2].counters;
+    evil.tx.publish(&mem);
+    evil.kick[1].write(1).unwrap();
+    wait_until("the garbage is counted", Duration::from_secs(10), || {
+        let c = switch.ports()[2].counters;
+        c.rx_frames >= before.rx_frames + 6 && c.drops >= before.drops + 5
+    });
+    // ... and then an avail index no ring can have: ignored.
+    mem.store(
+        evil.tx.avail_idx.wrapping_add(5 * QUEUE),
+        vm_memory::GuestAddress(0x4000 + 2),
+        std::sync::atomic::Ordering::Release,
+    )
+    .unwrap();
+    evil.kick[1].write(1).unwrap();
+
+    // The good pair keeps talking while the evil guest never takes a frame: broadcast
+    // floods reach its full RX ring and are dropped there.
+    // Half broadcasts: 1500 of them, more than its full RX ring (256) and its queue in
+    // the switch (512) hold.
+    let total = 3000u64;
+    let to_b = frame(mac(1), mac(0));
+    let bcast = frame([0xff; 6], mac(0));
+    let (mut sent, mut got) = (0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got < total && Instant::now() < deadline {
+        // At most 128 frames in flight: fewer than b's RX ring holds, so any loss would
+        // be the switch's doing, not b's being slow (on a 2-CPU host with QEMUs).
+        if sent < total && sent - got < 128 {
+            let f = if sent % 2 == 0 { &bcast } else { &to_b };
+            sent += good_a.send(f, 1) as u64;
+        }
+        got += good_b.receive() as u64;
+        if sent == total || sent - got >= 128 {
+            good_b.wait(0, Duration::from_millis(10));
+        }
+    }
+    assert_eq!(
+        got, total,
+        "the good pair lost frames to a hostile neighbour"
+    );
+    let evil_counters = switch.ports()[2].counters;
+    assert!(evil_counters.drops > 5 + 500, "{evil_counters:?}");
+    assert!(switch.vhost_user_connected(ports[0]).unwrap());
+    drop((good_a, good_b, evil));
+}
