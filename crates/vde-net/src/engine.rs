@@ -25,6 +25,8 @@ use crate::delay_queue::DelayQueue;
 use crate::mmsg::{RecvArena, SendBatch};
 use crate::port::PortId;
 use crate::server::Shared;
+#[cfg(feature = "vhost-user")]
+use crate::vhost_link::VhostLink;
 
 /// Largest frame accepted from a client (jumbo frames included).
 pub(crate) const MAX_FRAME: usize = 9216;
@@ -49,6 +51,9 @@ pub(crate) struct EngineConfig {
 pub(crate) enum Cmd {
     /// Start serving a port's connected, non-blocking socket.
     Add(PortId, std::os::unix::net::UnixDatagram),
+    /// Start serving a vhost-user port (its frames come and go through the link).
+    #[cfg(feature = "vhost-user")]
+    AddVhost(Arc<VhostLink>),
     /// Stop serving a port.
     Remove(PortId),
     /// Exit the thread.
@@ -59,6 +64,9 @@ pub(crate) enum Cmd {
 pub(crate) struct EngineHandle {
     cmds: Sender<Cmd>,
     waker: Arc<Waker>,
+    /// Vhost-user ports with frames from their guest, not yet seen by the thread.
+    #[cfg(feature = "vhost-user")]
+    vhost_ready: Arc<std::sync::Mutex<Vec<PortId>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -68,12 +76,26 @@ impl EngineHandle {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (cmds, rx) = std::sync::mpsc::channel();
+        #[cfg(feature = "vhost-user")]
+        let vhost_ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+        #[cfg(feature = "vhost-user")]
+        let engine_ready = vhost_ready.clone();
         let thread = std::thread::Builder::new()
             .name("vde-switch".into())
-            .spawn(move || Engine::new(shared, poll, rx, config).run())?;
+            .spawn(move || {
+                #[allow(unused_mut)]
+                let mut engine = Engine::new(shared, poll, rx, config);
+                #[cfg(feature = "vhost-user")]
+                {
+                    engine.vhost_ready = engine_ready;
+                }
+                engine.run()
+            })?;
         Ok(EngineHandle {
             cmds,
             waker,
+            #[cfg(feature = "vhost-user")]
+            vhost_ready,
             thread: std::sync::Mutex::new(Some(thread)),
         })
     }
@@ -83,6 +105,16 @@ impl EngineHandle {
         if self.cmds.send(cmd).is_ok() {
             let _ = self.waker.wake();
         }
+    }
+
+    /// Tells the thread that a vhost-user port has frames from its guest.
+    #[cfg(feature = "vhost-user")]
+    pub(crate) fn vhost_frames(&self, port: PortId) {
+        self.vhost_ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(port);
+        let _ = self.waker.wake();
     }
 
     /// Stops the thread and waits for it (never call from the engine thread).
@@ -150,6 +182,14 @@ struct Engine {
     /// (port, bytes) of deliveries that could not be made, to count under the lock.
     undelivered: Vec<(PortId, usize)>,
     delayed: DelayQueue,
+    /// Each vhost-user port's link, by port number.
+    #[cfg(feature = "vhost-user")]
+    links: Vec<Option<Arc<VhostLink>>>,
+    #[cfg(feature = "vhost-user")]
+    vhost_ready: Arc<std::sync::Mutex<Vec<PortId>>>,
+    /// Links that got frames in this flush, to wake once.
+    #[cfg(feature = "vhost-user")]
+    to_wake: Vec<usize>,
 }
 
 impl Engine {
@@ -171,6 +211,12 @@ impl Engine {
             failed: Vec::new(),
             undelivered: Vec::new(),
             delayed: DelayQueue::new(config.max_delayed_bytes),
+            #[cfg(feature = "vhost-user")]
+            links: (0..slots).map(|_| None).collect(),
+            #[cfg(feature = "vhost-user")]
+            vhost_ready: Arc::default(),
+            #[cfg(feature = "vhost-user")]
+            to_wake: Vec::new(),
         }
     }
 
@@ -198,6 +244,15 @@ impl Engine {
             // frame can be addressed to it, its command is in the channel.
             if !self.commands() {
                 return;
+            }
+            #[cfg(feature = "vhost-user")]
+            {
+                let ready = std::mem::take(
+                    &mut *self.vhost_ready.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+                for port in ready {
+                    self.mark_ready(port);
+                }
             }
             for ev in events.iter() {
                 if ev.token() != WAKER {
@@ -241,7 +296,19 @@ impl Engine {
                         }
                     }
                 }
+                #[cfg(feature = "vhost-user")]
+                Cmd::AddVhost(link) => {
+                    let port = link.port;
+                    if let Some(slot) = self.links.get_mut(port.0 as usize) {
+                        *slot = Some(link);
+                        self.mark_ready(port);
+                    }
+                }
                 Cmd::Remove(port) => {
+                    #[cfg(feature = "vhost-user")]
+                    if let Some(slot) = self.links.get_mut(port.0 as usize) {
+                        *slot = None;
+                    }
                     if let Some(mut sock) =
                         self.socks.get_mut(port.0 as usize).and_then(Option::take)
                     {
@@ -274,6 +341,23 @@ impl Engine {
             let port = self.ready[i];
             let slot = port.0 as usize;
             self.queued[slot] = false;
+            #[cfg(feature = "vhost-user")]
+            if let Some(link) = self.links[slot].clone() {
+                if self.arena.free() < PORT_BUDGET {
+                    self.flush(shared);
+                }
+                let (arena, ingress) = (&mut self.arena, &mut self.ingress);
+                let more = link.take_from_guest(PORT_BUDGET, |frame| {
+                    arena.push(frame);
+                    ingress.push(port);
+                    moved = true;
+                });
+                if more {
+                    self.queued[slot] = true;
+                    self.pending.push(port);
+                }
+                continue;
+            }
             if self.socks[slot].is_none() {
                 continue;
             }
@@ -359,7 +443,23 @@ impl Engine {
                     self.undelivered.push((PortId(port as u32), len));
                 }
             }
+            #[cfg(feature = "vhost-user")]
+            if let Some(link) = self.links[port].as_ref() {
+                for &i in queue.iter() {
+                    let frame = self.arena.frame(i as usize);
+                    if !link.deliver(frame) {
+                        self.undelivered.push((PortId(port as u32), frame.len()));
+                    }
+                }
+                self.to_wake.push(port);
+            }
             queue.clear();
+        }
+        #[cfg(feature = "vhost-user")]
+        for port in self.to_wake.drain(..) {
+            if let Some(link) = self.links[port].as_ref() {
+                link.wake();
+            }
         }
         self.arena.clear();
         self.ingress.clear();
@@ -370,6 +470,15 @@ impl Engine {
     fn send_due(&mut self, shared: &Shared) {
         let now = Instant::now();
         while let Some((port, frame)) = self.delayed.pop_due(now) {
+            #[cfg(feature = "vhost-user")]
+            if let Some(Some(link)) = self.links.get(port.0 as usize) {
+                if link.deliver(&frame) {
+                    link.wake();
+                } else {
+                    self.undelivered.push((port, frame.len()));
+                }
+                continue;
+            }
             if let Some(Some(sock)) = self.socks.get(port.0 as usize) {
                 if sock.send(&frame).is_err() {
                     self.undelivered.push((port, frame.len()));

@@ -60,6 +60,17 @@ pub enum Error {
     /// A loss percentage above 100.
     #[error("loss must be between 0 and 100 percent, got {0}")]
     BadLoss(f64),
+    /// A vhost-user port's socket path cannot be used.
+    #[error("cannot serve vhost-user socket {path}: {why}")]
+    VhostUserSocket {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The port exists but is not a vhost-user port.
+    #[error("port {0} is not a vhost-user port of this switch")]
+    NotVhostUserPort(u32),
     /// An I/O error, with what we were doing.
     #[error("{context}: {source}")]
     Io {

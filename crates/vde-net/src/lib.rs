@@ -15,7 +15,17 @@
 //! - **test controls** on a running [`Switch`]: per-port and per-VLAN link down/up, loss,
 //!   delay with jitter, partitions, and pcap capture ([`pcap`]);
 //! - **a blocking client** ([`VdePlug`]) that speaks libvdeplug's side, for tests and
-//!   benchmarks.
+//!   benchmarks;
+//! - **vhost-user ports** (feature `vhost-user`, off by default):
+//!   `Switch::add_vhost_user_port` serves a QEMU `-netdev vhost-user` NIC from the
+//!   guest's shared memory, on rust-vmm's `vhost-user-backend`. Such ports join the same
+//!   switch as VDE ports: one MAC table, the same counters, faults and capture. The
+//!   descriptor handling (module `vhost_ring`, feature `vhost-ring`, sans-IO and fuzzed)
+//!   trusts nothing from the guest, and a guest that stops taking frames only loses
+//!   its own. QEMU needs shared guest RAM (`-object
+//!   memory-backend-memfd,id=mem,size=SIZE,share=on -machine memory-backend=mem`), and
+//!   QEMU 7.2 under TCG needs `vectors=0` on the `virtio-net-pci` device (it crashes
+//!   starting a vhost device with MSI-X but without KVM).
 //!
 //! The core ([`request`], [`SwitchCore`], [`MacTable`], [`pcap`]) is sans-IO and always
 //! built. Everything that does I/O is behind the default feature `server`: tokio in
@@ -73,6 +83,14 @@ pub mod request;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod switch;
+#[cfg(feature = "vhost-user")]
+mod vhost_link;
+#[cfg(feature = "vhost-ring")]
+pub mod vhost_ring;
+#[cfg(feature = "vhost-user")]
+mod vhost_shim;
+#[cfg(feature = "vhost-user")]
+mod vhost_user;
 
 #[cfg(feature = "server")]
 pub use client::{RecvBatch, VdePlug};

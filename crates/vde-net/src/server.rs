@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 use crate::port::{LinkFaults, PortId, PortInfo};
 use crate::request::{encode_reply, PortWish, Request, RequestDecoder, MAX_REQUEST_LEN};
 use crate::switch::{Delivery, SwitchConfig, SwitchCore};
+#[cfg(feature = "vhost-user")]
+use crate::vhost_user::VhostPort;
 
 /// How to start a switch.
 #[derive(Debug, Clone)]
@@ -80,6 +82,9 @@ pub(crate) struct State {
     pub(crate) capture: Option<Capture>,
     pub(crate) rng: SmallRng,
     pub(crate) deliveries: Vec<Delivery>,
+    /// The vhost-user ports, with their sockets and threads.
+    #[cfg(feature = "vhost-user")]
+    vhost: HashMap<PortId, VhostPort>,
 }
 
 pub(crate) struct Shared {
@@ -97,6 +102,12 @@ impl Shared {
         // A panic while holding the lock leaves counters at worst off by one frame:
         // keep serving rather than poisoning every later frame.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The frame thread's handle (set once the switch has started).
+    #[cfg(feature = "vhost-user")]
+    pub(crate) fn engine(&self) -> Option<&EngineHandle> {
+        self.engine.get()
     }
 }
 
@@ -165,6 +176,8 @@ impl Switch {
                 capture: None,
                 rng: SmallRng::from_entropy(),
                 deliveries: Vec::new(),
+                #[cfg(feature = "vhost-user")]
+                vhost: HashMap::new(),
             }),
             next_sock: AtomicU64::new(0),
             opts,
@@ -314,10 +327,93 @@ impl Switch {
     }
 }
 
+/// vhost-user ports (feature `vhost-user`): QEMU connects with
+/// `-chardev socket,id=c,path=SOCKET -netdev vhost-user,id=n,chardev=c -device
+/// virtio-net-pci,netdev=n`, and its guest RAM must be shared (`-object
+/// memory-backend-memfd,id=mem,size=SIZE,share=on -machine memory-backend=mem`).
+#[cfg(feature = "vhost-user")]
+impl Switch {
+    /// Adds a vhost-user port listening on `socket` and returns its number.
+    ///
+    /// The port serves one QEMU at a time, for as long as the switch runs: when its
+    /// QEMU goes away (even under SIGKILL) the port forgets the addresses learned on
+    /// it and waits for the next QEMU on the same socket; its number, counters and
+    /// faults stay. A stale socket file is replaced; a live socket or another kind of
+    /// file at `socket` is an error ([`Error::VhostUserSocket`]).
+    pub fn add_vhost_user_port(&self, socket: impl AsRef<Path>) -> Result<PortId> {
+        let socket = socket.as_ref();
+        let port = self
+            .shared
+            .lock()
+            .core
+            .add_port(None, &format!("vhost-user {}", socket.display()))?;
+        match VhostPort::start(Arc::downgrade(&self.shared), port, socket) {
+            Ok(vport) => {
+                if let Some(engine) = self.shared.engine.get() {
+                    engine.send(Cmd::AddVhost(vport.link.clone()));
+                }
+                self.shared.lock().vhost.insert(port, vport);
+                info!(port = port.0, socket = %socket.display(), "vhost-user port listening");
+                Ok(port)
+            }
+            Err(e) => {
+                self.shared.lock().core.remove_port(port);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a vhost-user port: disconnects its QEMU, if any, and removes its socket.
+    pub fn remove_vhost_user_port(&self, port: PortId) -> Result<()> {
+        let vport = {
+            let mut state = self.shared.lock();
+            let vport = state
+                .vhost
+                .remove(&port)
+                .ok_or(Error::NotVhostUserPort(port.0))?;
+            state.core.remove_port(port);
+            vport
+        };
+        if let Some(engine) = self.shared.engine.get() {
+            engine.send(Cmd::Remove(port));
+        }
+        // Outside the lock: the port's thread takes it on its way out.
+        vport.stop();
+        Ok(())
+    }
+
+    /// Whether a QEMU is connected to a vhost-user port (and has sent its memory).
+    pub fn vhost_user_connected(&self, port: PortId) -> Result<bool> {
+        self.shared
+            .lock()
+            .vhost
+            .get(&port)
+            .map(|v| v.link.is_connected())
+            .ok_or(Error::NotVhostUserPort(port.0))
+    }
+
+    /// The socket a vhost-user port listens on.
+    pub fn vhost_user_socket(&self, port: PortId) -> Result<PathBuf> {
+        self.shared
+            .lock()
+            .vhost
+            .get(&port)
+            .map(|v| v.socket.clone())
+            .ok_or(Error::NotVhostUserPort(port.0))
+    }
+}
+
 impl Drop for Switch {
     fn drop(&mut self) {
         for task in &self.background {
             task.abort();
+        }
+        #[cfg(feature = "vhost-user")]
+        {
+            let ports: Vec<_> = self.shared.lock().vhost.drain().map(|(_, v)| v).collect();
+            for vport in ports {
+                vport.stop();
+            }
         }
         if let Some(engine) = self.shared.engine.get() {
             engine.stop();

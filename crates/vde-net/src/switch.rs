@@ -115,6 +115,21 @@ impl SwitchCore {
         self.macs.forget_port(port);
     }
 
+    /// Forgets the addresses learned on a port whose guest went away (a vhost-user
+    /// port outlives its QEMU): frames for them flood again until relearned.
+    pub fn forget_macs(&mut self, port: PortId) {
+        self.macs.forget_port(port);
+    }
+
+    /// Counts `n` frames received on `port` that were dropped before forwarding because
+    /// they were malformed (a guest's bad descriptor chains).
+    pub fn note_bad_ingress(&mut self, port: PortId, n: u64) {
+        if let Ok(p) = self.port_mut(port) {
+            p.counters.rx_frames += n;
+            p.counters.drops += n;
+        }
+    }
+
     fn port_mut(&mut self, port: PortId) -> Result<&mut Port> {
         self.ports
             .get_mut(port.0 as usize)
