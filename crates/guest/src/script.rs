@@ -93,12 +93,21 @@ cd "$TMPDIR"
 accel=${{VMRIG_ACCEL:-{accel}}}
 cpu=()
 if [ "$accel" = kvm ]; then cpu=(-cpu max); fi
+{tcg_params}
 # shellcheck disable=SC2086 # QEMU_OPTS is split into words on purpose, as in NixOS
 exec "${{VMRIG_QEMU:-qemu-system-x86_64}}" \
     -name {name} -m {memory} -smp {cores} -accel "$accel" "${{cpu[@]}}" \
     -device virtio-net-pci,netdev=user.0,romfile= -netdev "user,id=user.0${{QEMU_NET_OPTS:+,$QEMU_NET_OPTS}}" \
 "#,
         accel = accel.as_str(),
+        tcg_params = if node.aslr {
+            "tcg_params=".to_owned()
+        } else {
+            "# Under TCG, programs at fixed addresses: TCG's translations serve every process.\n\
+             tcg_params=\n\
+             if [ \"$accel\" = tcg ]; then tcg_params=norandmaps; fi"
+                .to_owned()
+        },
         memory = node.memory,
         cores = node.cores,
     );
@@ -121,7 +130,7 @@ exec "${{VMRIG_QEMU:-qemu-system-x86_64}}" \
     -drive cache=writeback,file="$NIX_DISK_IMAGE",id=drive1,if=none,index=1,werror=report \
     -device virtio-blk-pci,drive=drive1,serial=root \
     -kernel {kernel} -initrd {initrd} \
-    -append "{params} ${{QEMU_KERNEL_PARAMS:-}}" \
+    -append "{params} $tcg_params ${{QEMU_KERNEL_PARAMS:-}}" \
     ${{QEMU_OPTS:-}} "$@"
 "#,
         kernel = sh_quote(&boot.kernel.to_string_lossy()),
@@ -284,7 +293,7 @@ mod tests {
         let append = args[args.iter().position(|a| *a == "-append").unwrap() + 1];
         assert!(
             append.starts_with(BASE_KERNEL_PARAMS)
-                && append.contains(" quiet ")
+                && append.contains(" quiet norandmaps ")
                 && append.ends_with(" foo=bar"),
             "{append}"
         );
@@ -311,6 +320,29 @@ mod tests {
                 disk.display()
             )
         ]));
+    }
+
+    #[test]
+    fn address_randomization_is_off_only_under_tcg_unless_kept() {
+        let append = |toml: &str, accel: &str| {
+            let n = node(toml, "machine");
+            let (ok, out, err, _dir) = run(
+                &start_script(&n, boot(), Accel::Tcg),
+                &[("NIX_DISK_IMAGE", "/dev/null"), ("VMRIG_ACCEL", accel)],
+                &[],
+            );
+            assert!(ok, "{err}");
+            let args: Vec<String> = out
+                .lines()
+                .filter_map(|l| Some(l.strip_prefix('[')?.strip_suffix(']')?.to_owned()))
+                .collect();
+            args[args.iter().position(|a| a == "-append").unwrap() + 1].clone()
+        };
+        let plain = "[nodes.machine]\nvlans = []\n";
+        assert!(append(plain, "tcg").contains(" norandmaps "));
+        assert!(!append(plain, "kvm").contains("norandmaps"));
+        let kept = "[nodes.machine]\nvlans = []\naslr = true\n";
+        assert!(!append(kept, "tcg").contains("norandmaps"));
     }
 
     #[test]
