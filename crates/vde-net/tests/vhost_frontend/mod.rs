@@ -1,7 +1,7 @@
 //! A synthetic vhost-user frontend (what QEMU does, driven by hand) for tests: the
 //! `vhost` crate's `Frontend`, "guest memory" in a memfd shared with the switch, one RX
-//! and one TX split ring of 256 entries. The same as the `vde_vhost` bench's, plus raw
-//! descriptor access for hostile-guest tests.
+//! and one TX split ring of 256 entries. The `vde_vhost` bench includes this file too;
+//! raw descriptor access serves the hostile-guest tests.
 #![allow(dead_code)]
 
 use std::fs::File;
