@@ -33,8 +33,8 @@ pub(super) const MASKED_UNITS: &[&str] = &[
     "modprobe@efi_pstore.service",
     "modprobe@loop.service",
     // Each costs a second of the one vCPU under TCG, for what a test guest does not
-    // use: early loading of drm (udev loads the display's driver when it appears),
-    // configfs, fuse and their mounts.
+    // use: early loading of drm (graphics nodes load it in the initrd instead,
+    // before logind reads its major number), configfs, fuse and their mounts.
     "modprobe@drm.service",
     "modprobe@configfs.service",
     "modprobe@fuse.service",

@@ -168,7 +168,19 @@ mount -t ext4 -o rw /dev/vda /newroot || fail "cannot mount the root disk /dev/v
 cp -af /etc/vmrig/root/. /newroot/ || fail "cannot copy the node's files onto the root disk"
 cp /etc/vmrig/setup /newroot/etc/vmrig/setup
 chroot /newroot /etc/vmrig/setup || fail "cannot set up the node's users"
-mkdir -p /newroot/tmp/shared
+"#,
+    );
+    if node.graphics {
+        // logind's device policy (DeviceAllow=char-drm) names drm by the major
+        // number /proc/devices gives when logind starts: loaded later, as udev
+        // would, /dev/dri/card0 stays closed to it, and every compositor that
+        // asks logind for the GPU (gnome-shell, sway) gets EPERM.
+        s.push_str(
+            "chroot /newroot /sbin/modprobe drm || echo \"vmrig: cannot load drm: compositors will not get /dev/dri/card0\" >&2\n",
+        );
+    }
+    s.push_str(
+        r#"mkdir -p /newroot/tmp/shared
 mount --move /dev /newroot/dev
 umount /proc /sys
 exec switch_root /newroot /lib/systemd/systemd
@@ -231,5 +243,22 @@ mod tests {
         assert_valid_shell(&setup);
         assert_valid_shell(&text("etc/vmrig/debian-init"));
         assert!(text("etc/vmrig/debian-init").contains("ip addr add 192.168.1.2/24"));
+    }
+
+    #[test]
+    fn graphics_nodes_load_drm_before_systemd() {
+        let d = def(r#"
+            [nodes.desk]
+            flavour = "debian"
+            graphics = true
+            [nodes.server]
+            flavour = "debian"
+        "#);
+        let init = |n: &str| text(&records(&node_archive(&d, &d.nodes[n])), "etc/vmrig/debian-init");
+        let desk = init("desk");
+        assert_valid_shell(&desk);
+        let drm = desk.find("modprobe drm").expect("no modprobe drm");
+        assert!(drm < desk.find("switch_root").unwrap(), "{desk}");
+        assert!(!init("server").contains("modprobe drm"));
     }
 }
