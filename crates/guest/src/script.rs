@@ -262,6 +262,19 @@ mod tests {
         }
     }
 
+    /// The user-mode NIC comes first, so `virtio-net-pci.1` is the first VLAN NIC.
+    fn assert_user_nic_first(args: &[impl AsRef<str>]) {
+        let nic = |netdev: &str| {
+            args.iter()
+                .position(|a| {
+                    a.as_ref()
+                        .starts_with(&format!("virtio-net-pci,netdev={netdev},"))
+                })
+                .unwrap_or_else(|| panic!("no NIC on {netdev}"))
+        };
+        assert!(nic("user.0") < nic("vlan1"), "user NIC first");
+    }
+
     #[test]
     fn honours_the_whole_contract() {
         let n = node("[nodes.client]\n[nodes.server]\nvlans = [1, 3]\nmemory = 300\ncores = 2\nkernel_params = [\"quiet\"]\n", "server");
@@ -311,18 +324,7 @@ mod tests {
             "-netdev",
             "vde,id=vlan3,sock=/sw/three"
         ]));
-        let user_nic = args
-            .iter()
-            .position(|a| a.starts_with("virtio-net-pci,netdev=user.0"))
-            .unwrap();
-        let vlan_nic = args
-            .iter()
-            .position(|a| a.starts_with("virtio-net-pci,netdev=vlan1"))
-            .unwrap();
-        assert!(
-            user_nic < vlan_nic,
-            "user NIC first, so virtio-net-pci.1 is the first VLAN NIC"
-        );
+        assert_user_nic_first(&args);
         assert!(has(&[
             "-virtfs",
             &format!(
@@ -481,18 +483,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        let user_nic = args
-            .iter()
-            .position(|a| a.contains("netdev=user.0"))
-            .unwrap();
-        let vlan_nic = args
-            .iter()
-            .position(|a| a.contains("netdev=vlan1"))
-            .unwrap();
-        assert!(
-            user_nic < vlan_nic,
-            "virtio-net-pci.1 is the first VLAN NIC"
-        );
+        assert_user_nic_first(&args);
 
         // Under KVM the NIC keeps MSI-X; a memory backend in the arguments (the
         // driver's shared RAM file) replaces the script's.
