@@ -8,7 +8,7 @@ use vmrig_vde_net::{Switch, SwitchOptions};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
-use crate::machine::{Machine, MachineConfig};
+use crate::machine::{Machine, MachineConfig, VhostUserPort};
 use crate::polling::{Conditions, PollingCondition};
 use crate::report::{junit_xml, SubtestResult};
 use vmrig_guest::contract::machine_name;
@@ -248,6 +248,21 @@ fn preserve(machines: &[Machine], store: &crate::snapshot::Store) -> Vec<String>
     saved
 }
 
+/// The VLANs whose `QEMU_VHOST_USER_SOCKET_<n>` a start script names, sorted.
+fn vhost_user_vlans(script: &str) -> std::collections::BTreeSet<u8> {
+    const VAR: &str = "QEMU_VHOST_USER_SOCKET_";
+    script
+        .match_indices(VAR)
+        .filter_map(|(i, _)| {
+            let digits: String = script[i + VAR.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
@@ -410,6 +425,7 @@ impl Driver {
             )));
         }
         let run_dir = self.run_dir();
+        let vhost_user_ports = self.vhost_user_ports(&name, script)?;
         let cfg = MachineConfig {
             state_dir: run_dir.join(format!("vm-state-{name}")),
             shared_dir: run_dir.join("shared-xchg"),
@@ -419,6 +435,7 @@ impl Driver {
                 .iter()
                 .map(|v| (v.nr, v.socket_dir().to_owned()))
                 .collect(),
+            vhost_user_ports,
             global_timeout: self.opts.global_timeout,
             switches: self
                 .vlans
@@ -448,6 +465,51 @@ impl Driver {
             .unwrap_or_else(PoisonError::into_inner)
             .push(machine.clone());
         Ok(machine)
+    }
+
+    /// Makes machine `name`'s vhost-user ports: one on each VLAN whose
+    /// `QEMU_VHOST_USER_SOCKET_<n>` the start script names (a guest-kit script
+    /// of a `net = "vhost-user"` node; NixOS's scripts name none). The ports
+    /// live as long as the switches, so QEMU reconnects to them after a
+    /// shutdown or crash.
+    fn vhost_user_ports(&self, name: &str, script: &Path) -> Result<Vec<VhostUserPort>> {
+        let text = std::fs::read(script).map_err(|e| {
+            Error::Setup(format!(
+                "cannot read start script {}: {e}",
+                script.display()
+            ))
+        })?;
+        let mut ports: Vec<VhostUserPort> = Vec::new();
+        for nr in vhost_user_vlans(&String::from_utf8_lossy(&text)) {
+            let Some(vlan) = self.vlans.iter().find(|v| v.nr == nr) else {
+                // The script stops with its own message naming the variable.
+                tracing::warn!(machine = %name, "{} asks for a vhost-user port on VLAN {nr}, which this run does not have", script.display());
+                continue;
+            };
+            let socket = self.run_dir().join(format!("vhost{nr}-{name}.sock"));
+            match vlan.switch.add_vhost_user_port(&socket) {
+                Ok(port) => {
+                    tracing::info!(machine = %name, vlan = nr, "vhost-user port {} of VLAN {nr} at {}", port.0, socket.display());
+                    ports.push(VhostUserPort {
+                        vlan: nr,
+                        port,
+                        socket,
+                    });
+                }
+                Err(e) => {
+                    for p in ports {
+                        if let Some(v) = self.vlans.iter().find(|v| v.nr == p.vlan) {
+                            let _ = v.switch.remove_vhost_user_port(p.port);
+                        }
+                    }
+                    return Err(Error::Setup(format!(
+                        "machine `{name}`: cannot make its vhost-user port on VLAN {nr} at {}: {e}",
+                        socket.display()
+                    )));
+                }
+            }
+        }
+        Ok(ports)
     }
 
     /// Adds a polling condition (checked before machine actions) until the
@@ -699,6 +761,66 @@ mod tests {
         opts.vlans = vec![1, 1];
         let e = Driver::new(opts).err().unwrap().to_string();
         assert!(e.contains("VLAN 1 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn vhost_user_vlans_are_read_from_the_script() {
+        let script =
+            ": \"${QEMU_VHOST_USER_SOCKET_12:?...}\"\n: \"${QEMU_VHOST_USER_SOCKET_1:?}\"\n\
+                      path=\"$QEMU_VHOST_USER_SOCKET_1\" path=\"$QEMU_VHOST_USER_SOCKET_12\" \
+                      QEMU_VHOST_USER_SOCKET_x QEMU_VHOST_USER_SOCKET_300 QEMU_VDE_SOCKET_2";
+        assert_eq!(
+            vhost_user_vlans(script).into_iter().collect::<Vec<_>>(),
+            [1, 12]
+        );
+        assert!(vhost_user_vlans("-netdev vde,id=vlan1,sock=\"$QEMU_VDE_SOCKET_1\"").is_empty());
+    }
+
+    #[test]
+    fn vhost_user_ports_are_made_for_the_scripts_that_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, text: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.path().join(format!("run-{name}-vm"));
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let vde = script(
+            "a",
+            "#!/bin/sh\nexec qemu -netdev vde,sock=\"$QEMU_VDE_SOCKET_1\"\n",
+        );
+        let vhost = script("b", "#!/bin/sh\nexec qemu path=\"$QEMU_VHOST_USER_SOCKET_1\" path=\"$QEMU_VHOST_USER_SOCKET_2\" path=\"$QEMU_VHOST_USER_SOCKET_7\"\n");
+        let mut opts = DriverOptions::new(vec![vde, vhost]);
+        opts.vlans = vec![1, 2];
+        opts.out_dir = dir.path().join("out");
+        opts.tmp_dir = Some(dir.path().to_owned());
+        let driver = Driver::new(opts).unwrap();
+        assert!(driver
+            .machine("a")
+            .unwrap()
+            .config()
+            .vhost_user_ports
+            .is_empty());
+        let ports = driver
+            .machine("b")
+            .unwrap()
+            .config()
+            .vhost_user_ports
+            .clone();
+        assert_eq!(
+            ports.iter().map(|p| p.vlan).collect::<Vec<_>>(),
+            [1, 2],
+            "no VLAN 7 in this run"
+        );
+        for (p, vlan) in ports.iter().zip(driver.vlans()) {
+            assert_eq!(
+                p.socket,
+                driver.run_dir().join(format!("vhost{}-b.sock", vlan.nr()))
+            );
+            assert_eq!(vlan.switch().vhost_user_socket(p.port).unwrap(), p.socket);
+            assert!(!vlan.switch().vhost_user_connected(p.port).unwrap());
+        }
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub use driver::{
 };
 pub use error::{Error, Result};
 pub use keys::key_for;
-pub use machine::{Machine, MachineConfig, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
+pub use machine::{Machine, MachineConfig, VhostUserPort, BOOT_TIMEOUT, DEFAULT_TIMEOUT};
 pub use network::parse_info_network;
 pub use polling::{Condition, PollingCondition};
 pub use report::{junit_xml, merged_junit_xml, read_junit, SubtestResult, TestResult};

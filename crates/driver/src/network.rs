@@ -20,11 +20,20 @@ impl Machine {
             .ok_or_else(|| self.assertion(format!("there is no VLAN {vlan} in this run")))
     }
 
-    /// This machine's port on VLAN `vlan`'s switch: the port QEMU opened
-    /// (libvdeplug sends `pid=<pid>` in its description; start scripts `exec`
-    /// QEMU), else the port that learned the NIC's MAC address.
+    /// This machine's port on VLAN `vlan`'s switch: its vhost-user port, or
+    /// the VDE port QEMU opened (libvdeplug sends `pid=<pid>` in its
+    /// description; start scripts `exec` QEMU), else the port that learned
+    /// the NIC's MAC address.
     pub fn vlan_port(&self, vlan: u8) -> Result<PortId> {
         let switch = self.switch(vlan)?;
+        if let Some(p) = self
+            .config()
+            .vhost_user_ports
+            .iter()
+            .find(|p| p.vlan == vlan)
+        {
+            return Ok(p.port);
+        }
         let pid = self
             .pid()
             .ok_or_else(|| self.assertion("the machine is not running"))?;

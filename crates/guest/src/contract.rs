@@ -6,7 +6,9 @@
 //! The script is run in the machine's state directory with the environment
 //! `TMPDIR=<state>`, `SHARED_DIR=<shared>`, `USE_TMPDIR=1`,
 //! `NIX_EFI_VARS=<state>/<name>-efi-vars.fd` and `QEMU_VDE_SOCKET_<n>` per
-//! VLAN, in its own process group, and gets these options appended:
+//! VLAN (vmrig also gives `QEMU_VHOST_USER_SOCKET_<n>` to a script that names
+//! it: [`crate::script`]), in its own process group, and gets these options
+//! appended:
 //!
 //! ```text
 //! -qmp unix:<state>/qmp,server=on,wait=off -monitor unix:<state>/monitor
@@ -67,6 +69,10 @@ pub struct StartContract {
     pub shared_dir: PathBuf,
     /// `QEMU_VDE_SOCKET_<n>`: VLAN number and switch directory.
     pub vde_sockets: Vec<(u8, PathBuf)>,
+    /// `QEMU_VHOST_USER_SOCKET_<n>`: VLAN number and the socket of this
+    /// machine's vhost-user port on that VLAN's switch (vmrig's own
+    /// variable, for start scripts of `net = "vhost-user"` nodes).
+    pub vhost_user_sockets: Vec<(u8, PathBuf)>,
     /// Leave out `-no-reboot` (NixOS's `start(allow_reboot=True)`).
     pub allow_reboot: bool,
     /// Leave out `-nographic`; [`StartContract::new`] sets it from [`has_display`].
@@ -127,6 +133,7 @@ impl StartContract {
             state_dir: state_dir.into(),
             shared_dir: shared_dir.into(),
             vde_sockets: Vec::new(),
+            vhost_user_sockets: Vec::new(),
             allow_reboot: false,
             graphics: has_display(),
             vmgenid: false,
@@ -216,6 +223,12 @@ impl StartContract {
                 sock.clone().into(),
             ));
         }
+        for (vlan, sock) in &self.vhost_user_sockets {
+            env.push((
+                format!("QEMU_VHOST_USER_SOCKET_{vlan}").into(),
+                sock.clone().into(),
+            ));
+        }
         env
     }
 
@@ -245,6 +258,12 @@ impl StartContract {
         ];
         for (vlan, sock) in &self.vde_sockets {
             paths.push((sock.to_string_lossy().into_owned(), format!("@VDE{vlan}@")));
+        }
+        for (vlan, sock) in &self.vhost_user_sockets {
+            paths.push((
+                sock.to_string_lossy().into_owned(),
+                format!("@VHOST{vlan}@"),
+            ));
         }
         // Longest first: one path may be a prefix of another.
         paths.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
@@ -339,9 +358,14 @@ mod tests {
     fn run_paths_become_placeholders() {
         let mut c = StartContract::new("a", "/r/vm-state-a", "/r/vm-state-a-shared");
         c.vde_sockets = vec![(1, "/r/vde1.ctl".into())];
+        c.vhost_user_sockets = vec![(2, "/r/vhost2-a.sock".into())];
         assert_eq!(
             c.without_run_paths("x=/r/vm-state-a-shared,y=/r/vm-state-a/qmp,z=/r/vde1.ctl"),
             "x=@SHARED@,y=@STATE@/qmp,z=@VDE1@"
+        );
+        assert_eq!(
+            c.without_run_paths("socket,id=vhost2,path=/r/vhost2-a.sock"),
+            "socket,id=vhost2,path=@VHOST2@"
         );
         assert_eq!(c.without_run_paths("-m"), "-m");
     }
@@ -373,6 +397,7 @@ mod tests {
     fn sets_the_nixos_environment() {
         let mut c = contract();
         c.vde_sockets = vec![(1, "/s/vde1.ctl".into()), (2, "/s/vde2.ctl".into())];
+        c.vhost_user_sockets = vec![(2, "/s/vhost2-server.sock".into())];
         let env: Vec<(String, String)> = c
             .env()
             .into_iter()
@@ -385,6 +410,7 @@ mod tests {
             ("NIX_EFI_VARS", "/s/vm-state-server/server-efi-vars.fd"),
             ("QEMU_VDE_SOCKET_1", "/s/vde1.ctl"),
             ("QEMU_VDE_SOCKET_2", "/s/vde2.ctl"),
+            ("QEMU_VHOST_USER_SOCKET_2", "/s/vhost2-server.sock"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()));
         assert_eq!(env, want);

@@ -1,6 +1,8 @@
 //! The test definition, `vmrig.toml`: a TOML mirror of NixOS's `nodes` set.
 //!
 //! ```toml
+//! net = "vde"           # how VLAN NICs attach: "vde" (default) or "vhost-user"
+//!
 //! [nodes.server]
 //! memory = 512          # MiB
 //! vlans = [1]           # default [1], as in NixOS
@@ -47,6 +49,33 @@ pub struct Definition {
     /// Whether the test may read the screen (NixOS's `enableOCR`; on unless
     /// `enable_ocr = false`).
     pub enable_ocr: bool,
+    /// How the nodes' VLAN NICs attach unless a node says otherwise (`net`).
+    pub net: Net,
+}
+
+/// How a node's VLAN NICs attach to the VLAN switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Net {
+    /// `-netdev vde` on the switch's `QEMU_VDE_SOCKET_<n>`: what NixOS's
+    /// start scripts do, so the default.
+    #[default]
+    Vde,
+    /// `-netdev vhost-user` on `QEMU_VHOST_USER_SOCKET_<n>`, a vhost-user port
+    /// of the same switch: the switch reads and writes the guest's rings in
+    /// its (shared) RAM, no datagram per frame. Such a machine is never
+    /// snapshotted.
+    VhostUser,
+}
+
+impl Net {
+    /// The value as written in `vmrig.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Net::Vde => "vde",
+            Net::VhostUser => "vhost-user",
+        }
+    }
 }
 
 /// How a node's guest is built.
@@ -104,6 +133,8 @@ pub struct Node {
     /// across processes: commands run 2-5 times faster, boots a third
     /// faster). Under KVM randomization is always on.
     pub aslr: bool,
+    /// How the VLAN NICs attach (the test's `net` unless the node sets its own).
+    pub net: Net,
 }
 
 /// A node's NIC on one VLAN.
@@ -189,6 +220,8 @@ struct RawDefinition {
     nodes: BTreeMap<String, toml::Value>,
     #[serde(default)]
     enable_ocr: Option<bool>,
+    #[serde(default)]
+    net: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +253,8 @@ struct RawNode {
     snapshot: bool,
     #[serde(default)]
     aslr: bool,
+    #[serde(default)]
+    net: Option<Net>,
 }
 
 fn yes() -> bool {
@@ -313,6 +348,12 @@ impl Definition {
                 format!("{} nodes, at most 254 fit in a /24 VLAN", raw.nodes.len()),
             ));
         }
+        let net = match raw.net {
+            None => Net::default(),
+            Some(value) => {
+                Net::deserialize(value).map_err(|e| invalid(None, "net", e.message().to_owned()))?
+            }
+        };
         let mut nodes = BTreeMap::new();
         for (i, (name, value)) in raw.nodes.into_iter().enumerate() {
             let index = u8::try_from(i + 1).expect("at most 254 nodes");
@@ -324,7 +365,7 @@ impl Definition {
                 let field = if field == "." { String::new() } else { field };
                 invalid(Some(&name), &field, e.into_inner().to_string())
             })?;
-            let node = Node::from_raw(&name, index, raw_node, path)
+            let node = Node::from_raw(&name, index, raw_node, net, path)
                 .map_err(|(field, message)| invalid(Some(&name), &field, message))?;
             nodes.insert(name, node);
         }
@@ -333,6 +374,7 @@ impl Definition {
         Ok(Definition {
             path: path.to_owned(),
             enable_ocr: raw.enable_ocr.unwrap_or(true),
+            net,
             nodes,
         })
     }
@@ -359,7 +401,13 @@ impl Definition {
 type FieldError = (String, String);
 
 impl Node {
-    fn from_raw(name: &str, index: u8, raw: RawNode, def_path: &Path) -> Result<Self, FieldError> {
+    fn from_raw(
+        name: &str,
+        index: u8,
+        raw: RawNode,
+        net: Net,
+        def_path: &Path,
+    ) -> Result<Self, FieldError> {
         let err = |field: &str, msg: String| (field.to_owned(), msg);
         let memory = raw.memory.unwrap_or(DEFAULT_MEMORY);
         if !(64..=1 << 20).contains(&memory) {
@@ -561,6 +609,7 @@ impl Node {
             graphics: raw.graphics,
             snapshot: raw.snapshot,
             aslr: raw.aslr,
+            net: raw.net.unwrap_or(net),
         })
     }
 }
@@ -833,6 +882,41 @@ mod tests {
     fn duplicate_addresses_are_rejected() {
         let e = error("[nodes.a]\nvlans = [{ id = 1, address = \"192.168.1.2\" }]\n[nodes.b]\n");
         assert!(e.contains("192.168.1.2") && e.contains("node `a`"), "{e}");
+    }
+
+    #[test]
+    fn net_is_vde_unless_the_test_or_the_node_says_otherwise() {
+        let d = parse("[nodes.a]\n[nodes.b]\nnet = \"vhost-user\"\n").unwrap();
+        assert_eq!(d.net, Net::Vde);
+        assert_eq!(
+            (d.nodes["a"].net, d.nodes["b"].net),
+            (Net::Vde, Net::VhostUser)
+        );
+        let d = parse("net = \"vhost-user\"\n[nodes.a]\n[nodes.b]\nnet = \"vde\"\n").unwrap();
+        assert_eq!(
+            (d.nodes["a"].net, d.nodes["b"].net),
+            (Net::VhostUser, Net::Vde)
+        );
+        // The test script sees it in `nodes`, as written.
+        let json = serde_json::to_value(&d.nodes).unwrap();
+        assert_eq!(json["a"]["net"], "vhost-user");
+    }
+
+    #[test]
+    fn unknown_net_names_file_node_and_choices() {
+        let e = error("[nodes.a]\n[nodes.b]\nnet = \"vhostuser\"\n");
+        assert!(
+            e.starts_with("/t/vmrig.toml: node `b`: net: ") && e.contains("`vhostuser`"),
+            "{e}"
+        );
+        assert!(e.contains("`vde`") && e.contains("`vhost-user`"), "{e}");
+        let e = error("net = \"tap\"\n[nodes.a]\n");
+        assert!(
+            e.starts_with("/t/vmrig.toml: net: ") && e.contains("`tap`"),
+            "{e}"
+        );
+        assert!(e.contains("`vhost-user`"), "{e}");
+        assert!(error("[nodes.a]\nnet = 1\n").contains("node `a`: net: "));
     }
 
     #[test]

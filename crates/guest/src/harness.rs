@@ -49,6 +49,9 @@ pub struct HarnessError {
 pub struct StartOptions {
     /// `QEMU_VDE_SOCKET_<n>` values: VLAN number and switch directory.
     pub vde_sockets: Vec<(u8, PathBuf)>,
+    /// `QEMU_VHOST_USER_SOCKET_<n>` values: VLAN number and the socket of a
+    /// vhost-user switch port (scripts of `net = "vhost-user"` nodes).
+    pub vhost_user_sockets: Vec<(u8, PathBuf)>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
     /// Leave out `-no-reboot`.
@@ -97,6 +100,9 @@ impl Guest {
         })?;
         let mut contract = StartContract::new(name.as_str(), dir, &shared);
         contract.vde_sockets.clone_from(&opts.vde_sockets);
+        contract
+            .vhost_user_sockets
+            .clone_from(&opts.vhost_user_sockets);
         contract.allow_reboot = opts.allow_reboot;
         // Tests and demos never want a window.
         contract.graphics = false;

@@ -99,6 +99,11 @@ impl Machine {
         let cfg = &self.inner.cfg;
         let mut contract = StartContract::new(cfg.name.as_str(), &cfg.state_dir, &cfg.shared_dir);
         contract.vde_sockets.clone_from(&cfg.vde_sockets);
+        contract.vhost_user_sockets = cfg
+            .vhost_user_ports
+            .iter()
+            .map(|p| (p.vlan, p.socket.clone()))
+            .collect();
         contract.allow_reboot = allow_reboot;
         contract
     }

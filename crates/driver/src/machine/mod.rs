@@ -49,6 +49,10 @@ pub struct MachineConfig {
     pub out_dir: PathBuf,
     /// `QEMU_VDE_SOCKET_<n>` for each VLAN.
     pub vde_sockets: Vec<(u8, PathBuf)>,
+    /// This machine's vhost-user ports (`QEMU_VHOST_USER_SOCKET_<n>`), one per
+    /// VLAN its start script names them for; they outlive its QEMU, so a
+    /// restarted machine reconnects to the same ports.
+    pub vhost_user_ports: Vec<VhostUserPort>,
     /// Bound for commands that have no timeout of their own.
     pub global_timeout: Duration,
     /// The switch of each VLAN (for link faults on this machine's ports).
@@ -62,6 +66,17 @@ pub struct MachineConfig {
     /// Where the machine is saved when first ready, and restored from in
     /// later runs; `None`: it always boots.
     pub snapshots: Option<crate::snapshot::Store>,
+}
+
+/// A machine's vhost-user port on one VLAN's switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserPort {
+    /// The VLAN number.
+    pub vlan: u8,
+    /// The port on that VLAN's switch.
+    pub port: vmrig_vde_net::PortId,
+    /// The socket QEMU connects to (`QEMU_VHOST_USER_SOCKET_<vlan>`).
+    pub socket: PathBuf,
 }
 
 /// A machine of a test run. Cheap to clone (shared handle).

@@ -57,6 +57,14 @@ const IDLE_SECS: u32 = 90;
 /// Bound for a systemd guest to finish starting before it is saved.
 const SETTLE_SECS: u32 = 120;
 
+/// Why a machine with vhost-user NICs is never saved. QEMU 7.2 migrates a
+/// vhost-user device only when its backend logs the pages it writes into a
+/// log QEMU shares with it (`VHOST_USER_PROTOCOL_F_LOG_SHMFD` and
+/// `VHOST_F_LOG_ALL`, vhost-user spec "Migration"); otherwise it blocks
+/// migration ("Migration disabled: vhost-user backend lacks
+/// VHOST_USER_PROTOCOL_F_LOG_SHMFD feature"), and the switch's ports do not log.
+const VHOST_USER_UNSAVABLE: &str = "vhost-user NICs cannot be saved (QEMU migrates a vhost-user NIC only when its backend logs the guest pages it writes, VHOST_USER_PROTOCOL_F_LOG_SHMFD, which vmrig's switch ports do not)";
+
 /// What a save wrote besides the stream and disks.
 struct Saved {
     /// `/tmp/shared` was unmounted (to mount again).
@@ -90,6 +98,10 @@ impl Machine {
                 key: cfg.name.clone(),
                 entry: Some(entry),
             });
+        }
+        if !cfg.vhost_user_ports.is_empty() {
+            tracing::info!(machine = %cfg.name, "machine {} boots cold: {VHOST_USER_UNSAVABLE}", cfg.name);
+            return None;
         }
         if let Some(file) = state_files(&cfg.state_dir).first() {
             tracing::info!(machine = %cfg.name, "no snapshot: the state directory holds {} from an earlier boot", file.display());
@@ -335,6 +347,9 @@ impl Machine {
     pub fn preserve(&self, store: &Store, budget: Duration) -> Result<Entry, String> {
         if !self.is_booted() {
             return Err("it is not running".into());
+        }
+        if !self.inner.cfg.vhost_user_ports.is_empty() {
+            return Err(VHOST_USER_UNSAVABLE.into());
         }
         let started = Instant::now();
         let name = self.name().to_owned();
