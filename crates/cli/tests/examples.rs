@@ -112,6 +112,20 @@ fn screenshot() {
     // Not restored again: its OCR waits take minutes in a debug build.
     let (_tmp, out) = run_example("screenshot", false);
     // machine.screenshot("screen") left a PNG of the X screen in the output directory.
+    assert_firefox_screenshot(&out);
+}
+
+#[test]
+#[ignore = "slow: builds a Debian image with sway and firefox-esr on first use, waits for firefox on Wayland under TCG; ./test.sh runs it"]
+fn wayland() {
+    let (_tmp, out) = run_example("wayland", false);
+    // The screenshot is of the Wayland session: firefox's window, whose page
+    // the script has read back with OCR before taking it.
+    assert_firefox_screenshot(&out);
+}
+
+/// `machine.screenshot("screen")` left a PNG of a firefox window in the output directory.
+fn assert_firefox_screenshot(out: &Path) {
     let png = std::fs::read(out.join("screen.png")).expect("screen.png in the output directory");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     assert!(

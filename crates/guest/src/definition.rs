@@ -68,6 +68,21 @@ pub enum Net {
     VhostUser,
 }
 
+/// The display device of a node (QEMU's `-vga`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Vga {
+    /// QEMU's default, the Bochs VGA (`bochs-drm` in the guest): a text
+    /// console, Xorg and GNOME's mutter drive it. The start script names no
+    /// device, as NixOS's do.
+    #[default]
+    Std,
+    /// `-vga virtio`, virtio-gpu with a VGA console (`virtio-gpu` in the
+    /// guest): what wlroots compositors (sway, cage) need, since they refuse
+    /// a GPU without PRIME buffer import, which Bochs lacks.
+    Virtio,
+}
+
 impl Net {
     /// The value as written in `vmrig.toml`.
     pub fn as_str(self) -> &'static str {
@@ -135,6 +150,8 @@ pub struct Node {
     pub aslr: bool,
     /// How the VLAN NICs attach (the test's `net` unless the node sets its own).
     pub net: Net,
+    /// The display device.
+    pub vga: Vga,
 }
 
 /// A node's NIC on one VLAN.
@@ -255,6 +272,8 @@ struct RawNode {
     aslr: bool,
     #[serde(default)]
     net: Option<Net>,
+    #[serde(default)]
+    vga: Vga,
 }
 
 fn yes() -> bool {
@@ -610,6 +629,7 @@ impl Node {
             snapshot: raw.snapshot,
             aslr: raw.aslr,
             net: raw.net.unwrap_or(net),
+            vga: raw.vga,
         })
     }
 }
@@ -917,6 +937,20 @@ mod tests {
         );
         assert!(e.contains("`vhost-user`"), "{e}");
         assert!(error("[nodes.a]\nnet = 1\n").contains("node `a`: net: "));
+    }
+
+    #[test]
+    fn vga_is_std_unless_a_node_asks_for_virtio() {
+        let d = parse("[nodes.a]\n[nodes.b]\nvga = \"virtio\"\n").unwrap();
+        assert_eq!(
+            (d.nodes["a"].vga, d.nodes["b"].vga),
+            (Vga::Std, Vga::Virtio)
+        );
+        let e = error("[nodes.a]\nvga = \"cirrus\"\n");
+        assert!(
+            e.contains("node `a`") && e.contains("vga") && e.contains("`cirrus`"),
+            "{e}"
+        );
     }
 
     #[test]

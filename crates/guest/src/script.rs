@@ -22,7 +22,7 @@ use std::path::Path;
 
 use crate::accel::Accel;
 use crate::contract::RAM_ID;
-use crate::definition::{Net, Node};
+use crate::definition::{Net, Node, Vga};
 
 /// Kernel parameters every guest gets before the node's and `$QEMU_KERNEL_PARAMS`.
 /// `panic=1` with QEMU's `-no-reboot` turns a kernel panic into a QEMU exit.
@@ -177,8 +177,12 @@ exec "${{VMRIG_QEMU:-qemu-system-x86_64}}" \
     -device virtio-blk-pci,drive=drive1,serial=root \
     -kernel {kernel} -initrd {initrd} \
     -append "{params} $tcg_params ${{QEMU_KERNEL_PARAMS:-}}" \
-    ${{QEMU_OPTS:-}} "$@"
+{vga}    ${{QEMU_OPTS:-}} "$@"
 "#,
+        vga = match node.vga {
+            Vga::Std => "",
+            Vga::Virtio => "    -vga virtio \\\n",
+        },
         kernel = sh_quote(&boot.kernel.to_string_lossy()),
         initrd = sh_quote(&boot.initrd.to_string_lossy()),
         params = params.join(" "),
@@ -391,6 +395,29 @@ mod tests {
         assert!(!append(plain, "kvm").contains("norandmaps"));
         let kept = "[nodes.machine]\nvlans = []\naslr = true\n";
         assert!(!append(kept, "tcg").contains("norandmaps"));
+    }
+
+    #[test]
+    fn virtio_vga_comes_before_the_callers_words() {
+        let env = [("NIX_DISK_IMAGE", "/dev/null"), ("QEMU_OPTS", "-vga std")];
+        let std = qemu_args(
+            &start_script(
+                &node("[nodes.machine]\nvlans = []\n", "machine"),
+                boot(),
+                Accel::Tcg,
+            ),
+            &env,
+            &[],
+        );
+        assert_eq!(std.iter().filter(|a| *a == "-vga").count(), 1, "{std:?}");
+        let n = node("[nodes.machine]\nvlans = []\nvga = \"virtio\"\n", "machine");
+        let virtio = qemu_args(&start_script(&n, boot(), Accel::Tcg), &env, &[]);
+        let at = |w: &[&str]| virtio.windows(2).position(|p| p == w);
+        // QEMU takes the last -vga: QEMU_OPTS still overrides the node's choice.
+        assert!(
+            at(&["-vga", "virtio"]).unwrap() < at(&["-vga", "std"]).unwrap(),
+            "{virtio:?}"
+        );
     }
 
     #[test]

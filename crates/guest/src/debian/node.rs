@@ -254,7 +254,12 @@ mod tests {
             [nodes.server]
             flavour = "debian"
         "#);
-        let init = |n: &str| text(&records(&node_archive(&d, &d.nodes[n])), "etc/vmrig/debian-init");
+        let init = |n: &str| {
+            text(
+                &records(&node_archive(&d, &d.nodes[n])),
+                "etc/vmrig/debian-init",
+            )
+        };
         let desk = init("desk");
         assert_valid_shell(&desk);
         let drm = desk.find("modprobe drm").expect("no modprobe drm");
