@@ -20,6 +20,13 @@ pub(crate) struct RecvArena {
     used: usize,
 }
 
+#[allow(unsafe_code)]
+// SAFETY: the raw pointers in `iovs` and `hdrs` point only into `buf` and `iovs`, which
+// the arena owns and which never move (boxed slices); moving the arena to another
+// thread moves their owner with them, and `&RecvArena` gives no way to write through
+// them (only `&mut self` methods hand them to the kernel).
+unsafe impl Send for RecvArena {}
+
 /// An all-zero `mmsghdr`: no name, no control data, no buffers.
 fn empty_mmsghdr() -> libc::mmsghdr {
     #[allow(unsafe_code)]

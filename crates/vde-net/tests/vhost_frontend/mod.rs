@@ -1,6 +1,6 @@
 //! A synthetic vhost-user frontend (what QEMU does, driven by hand) for tests: the
 //! `vhost` crate's `Frontend`, "guest memory" in a memfd shared with the switch, one RX
-//! and one TX split ring of 256 entries. The `vde_vhost` bench includes this file too;
+//! and one TX split ring of 256 entries. The `vde` bench includes this file too;
 //! raw descriptor access serves the hostile-guest tests.
 #![allow(dead_code)]
 
