@@ -81,6 +81,8 @@ pub mod pcap;
 pub mod port;
 pub mod request;
 #[cfg(feature = "server")]
+mod route;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod switch;
 #[cfg(feature = "vhost-user")]

@@ -83,21 +83,6 @@ impl RecvArena {
         self.used = 0;
     }
 
-    /// Copies a frame into the next free slot (truncated to a slot, as a datagram would
-    /// be); false when the arena is full.
-    #[cfg(feature = "vhost-user")]
-    pub(crate) fn push(&mut self, frame: &[u8]) -> bool {
-        if self.free() == 0 {
-            return false;
-        }
-        let n = frame.len().min(self.slot_len);
-        let start = self.used * self.slot_len;
-        self.buf[start..start + n].copy_from_slice(&frame[..n]);
-        self.lens[self.used] = n;
-        self.used += 1;
-        true
-    }
-
     /// Frame `i` (in arrival order).
     pub(crate) fn frame(&self, i: usize) -> &[u8] {
         let start = i * self.slot_len;

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -38,11 +39,13 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::engine::Handed;
 use crate::error::{Error, Result};
 use crate::port::PortId;
+use crate::route::{count_undelivered, route, Outbox};
 use crate::server::Shared;
-use crate::vhost_link::VhostLink;
-use crate::vhost_ring::{put_rx, take_tx, HeaderLayout, RxOutcome};
+use crate::vhost_link::{RxRing, VhostLink};
+use crate::vhost_ring::{take_tx, FrameBatch, HeaderLayout};
 
 /// Queue indices of a single-queue-pair virtio-net device (virtio 1.2, 5.1.2).
 const RX_QUEUE: u16 = 0;
@@ -298,18 +301,36 @@ struct NetBackend {
     link: Arc<VhostLink>,
     mem: Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     acked: AtomicU64,
-    /// Scratch space of the worker thread.
-    scratch: Mutex<Vec<u8>>,
+    /// The ring thread's forwarding state (only that thread takes it: one uncontended
+    /// lock per kick).
+    tx: Mutex<TxWork>,
+}
+
+/// What the ring thread forwards a TX batch with.
+struct TxWork {
+    batch: FrameBatch,
+    outbox: Outbox,
+    /// For the frame thread: frames to VDE ports, or delayed.
+    handed: Vec<Handed>,
+    undelivered: Vec<(PortId, usize)>,
 }
 
 impl NetBackend {
     fn new(shared: Weak<Shared>, link: Arc<VhostLink>) -> Self {
+        let ports = shared
+            .upgrade()
+            .map_or(0, |s| s.lock().core.config().max_ports as usize + 1);
         NetBackend {
             shared,
             link,
             mem: Mutex::new(None),
             acked: AtomicU64::new(0),
-            scratch: Mutex::new(Vec::new()),
+            tx: Mutex::new(TxWork {
+                batch: FrameBatch::new(TX_BUDGET),
+                outbox: Outbox::new(ports),
+                handed: Vec::new(),
+                undelivered: Vec::new(),
+            }),
         }
     }
 
@@ -317,26 +338,27 @@ impl NetBackend {
         HeaderLayout::from_features(self.acked.load(Ordering::SeqCst))
     }
 
-    /// Moves frames from the TX ring to the frame thread while it has room.
+    /// Takes the guest's TX chains a batch at a time (each frame copied once, into the
+    /// batch), returns them as used with one signal per batch, forwards the batch and
+    /// writes each destination's frames straight into its RX ring.
     fn process_tx(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let port = self.link.port;
         let layout = self.layout();
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut work = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let work = &mut *work;
         loop {
-            let room = self.link.room_from_guest().min(TX_BUDGET);
-            if room == 0 {
-                // The frame thread wakes us once it has taken some.
-                break;
-            }
-            let mut frames = Vec::new();
+            work.batch.clear();
             let stats = {
                 let mut state = vring.get_mut();
                 take_tx(
                     state.get_queue_mut(),
                     mem,
                     layout,
-                    room,
-                    &mut scratch,
-                    |f| frames.push(self.link.copy(f)),
+                    TX_BUDGET,
+                    &mut work.batch,
                 )
             };
             if stats.chains > 0 {
@@ -344,68 +366,58 @@ impl NetBackend {
             }
             if stats.bad > 0 {
                 debug!(
-                    port = self.link.port.0,
+                    port = port.0,
                     bad = stats.bad,
                     "vhost-user port: malformed TX chains dropped"
                 );
-                if let Some(shared) = self.shared.upgrade() {
-                    shared
-                        .lock()
-                        .core
-                        .note_bad_ingress(self.link.port, stats.bad as u64);
-                }
+                shared.lock().core.note_bad_ingress(port, stats.bad as u64);
             }
-            if !frames.is_empty() {
-                self.link.push_from_guest(frames);
-                if let Some(shared) = self.shared.upgrade() {
-                    if let Some(engine) = shared.engine() {
-                        engine.vhost_frames(self.link.port);
+            let handed = &mut work.handed;
+            route(
+                &shared,
+                &work.batch,
+                |_| port,
+                &mut work.outbox,
+                |due, to, frame| {
+                    handed.push((due, to, frame.to_vec()));
+                    true
+                },
+            );
+            {
+                let links = shared.links();
+                let (batch, undelivered) = (&work.batch, &mut work.undelivered);
+                work.outbox.drain(|to, frames| {
+                    let frames = frames.iter().map(|&i| batch.frame(usize::from(i)));
+                    match links.get(to.0 as usize) {
+                        Some(Some(link)) => link.deliver(frames, undelivered),
+                        // A VDE port: its socket is the frame thread's.
+                        _ => {
+                            let now = Instant::now();
+                            handed.extend(frames.map(|f| (now, to, f.to_vec())));
+                        }
                     }
-                }
+                });
             }
-            if stats.chains < room {
+            if !work.handed.is_empty() {
+                if let Some(engine) = shared.engine() {
+                    engine.hand_over(&mut work.handed);
+                }
+                work.handed.clear();
+            }
+            count_undelivered(&shared, &mut work.undelivered);
+            if stats.chains < TX_BUDGET {
                 break;
             }
         }
     }
 
-    /// Moves the frames waiting for the guest into its RX ring while it has buffers.
-    fn process_rx(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) {
-        let layout = self.layout();
-        let mut delivered = 0;
-        let mut dropped = Vec::new();
-        while let Some(frame) = self.link.next_to_guest() {
-            let outcome = {
-                let mut state = vring.get_mut();
-                put_rx(state.get_queue_mut(), mem, layout, &frame)
-            };
-            match outcome {
-                RxOutcome::Delivered(_) => {
-                    delivered += 1;
-                    self.link.recycle(frame);
-                }
-                RxOutcome::NoBuffers => {
-                    // Kept until the guest refills its ring (its next kick), or dropped
-                    // by the frame thread once the queue is full.
-                    self.link.unget_to_guest(frame);
-                    break;
-                }
-                RxOutcome::Dropped => {
-                    delivered += 1; // chains were returned: signal anyway
-                    dropped.push(frame.len());
-                    self.link.recycle(frame);
-                }
-            }
-        }
-        if delivered > 0 {
-            let _ = vring.signal_used_queue();
-        }
-        if !dropped.is_empty() {
+    /// The guest refilled its RX ring: delivers the frames held for it.
+    fn process_rx(&self) {
+        let mut undelivered = Vec::new();
+        self.link.put_held(&mut undelivered);
+        if !undelivered.is_empty() {
             if let Some(shared) = self.shared.upgrade() {
-                let mut state = shared.lock();
-                for len in dropped {
-                    state.core.note_send_failed(self.link.port, len);
-                }
+                count_undelivered(&shared, &mut undelivered);
             }
         }
     }
@@ -434,6 +446,7 @@ impl VhostUserBackend for NetBackend {
 
     fn acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::SeqCst);
+        self.link.set_layout(HeaderLayout::from_features(features));
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -449,6 +462,8 @@ impl VhostUserBackend for NetBackend {
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         *self.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         self.link.set_connected(true);
+        // The ring thread learns the RX ring (for the link) on its next event.
+        self.link.wake();
         Ok(())
     }
 
@@ -471,25 +486,23 @@ impl VhostUserBackend for NetBackend {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(());
         };
-        let mem = mem.memory();
         let [rx, tx] = vrings else {
             return Ok(());
         };
+        self.link.attach(|| RxRing {
+            vring: rx.clone(),
+            mem: mem.clone(),
+        });
+        let mem = mem.memory();
         match device_event {
-            RX_QUEUE => {
-                if rx.get_ref().is_enabled() {
-                    self.process_rx(rx, &mem);
-                }
-            }
+            RX_QUEUE => self.process_rx(),
             TX_QUEUE => {
                 if tx.get_ref().is_enabled() {
                     self.process_tx(tx, &mem);
                 }
             }
             _ => {
-                if rx.get_ref().is_enabled() {
-                    self.process_rx(rx, &mem);
-                }
+                self.process_rx();
                 if tx.get_ref().is_enabled() {
                     self.process_tx(tx, &mem);
                 }
