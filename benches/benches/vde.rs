@@ -7,9 +7,10 @@
 //! all face the very same program. A VDE port is a libvdeplug client (`VdePlug`, the
 //! protocol QEMU speaks); a vhost-user port is a synthetic QEMU (the `vhost` crate's
 //! frontend, "guest memory" in a memfd shared with the switch, RX and TX rings of 256
-//! entries, the tests' `vhost_frontend`): its sender fills the TX ring and kicks, waiting
-//! for the switch's used-ring signal when the ring is full; its receiver refills its RX
-//! ring when signalled, as a guest driver does on its interrupt. Ports pair up (0<->1, 2<->3, ...); every port first
+//! entries, the tests' `vhost_frontend`, negotiating EVENT_IDX as Linux does): its sender
+//! fills the TX ring and kicks, waiting for the switch's used-ring signal when the ring
+//! is full; its receiver refills its RX ring when signalled, as a guest driver does on
+//! its interrupt. Ports pair up (0<->1, 2<->3, ...); every port first
 //! announces its MAC so both switches learn it, then:
 //! - **saturation**: every even port sends `FRAMES / (N/2)` 60-byte unicast frames to its
 //!   partner as fast as blocking sends allow; frames/s = frames received / time from
@@ -206,7 +207,7 @@ impl Endpoint for VhostEnd {
 fn connect_vhost(dir: &Path, n: usize) -> Vec<VhostEnd> {
     (0..n)
         .map(|i| VhostEnd {
-            port: vhost_frontend::Port::connect(&dir.join(vhost_socket(i))),
+            port: vhost_frontend::Port::connect_event_idx(&dir.join(vhost_socket(i))),
             with_hdr: Vec::new(),
         })
         .collect()

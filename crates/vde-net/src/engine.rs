@@ -374,10 +374,7 @@ impl Engine {
             }
             #[cfg(feature = "vhost-user")]
             if let Some(link) = links[slot].as_ref() {
-                link.deliver(
-                    queue.iter().map(|&i| arena.frame(i as usize)),
-                    undelivered,
-                );
+                link.deliver(queue.iter().map(|&i| arena.frame(i as usize)), undelivered);
             }
         });
         self.arena.clear();
@@ -389,8 +386,7 @@ impl Engine {
     /// queue, those already due to be sent at once.
     #[cfg(feature = "vhost-user")]
     fn take_handed(&mut self) {
-        let handed =
-            std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
         if handed.is_empty() {
             return;
         }

@@ -103,9 +103,13 @@ pub(crate) fn route(
             if let Some(cap) = state.capture.as_mut() {
                 cap.record(frame);
             }
-            state
-                .core
-                .forward(ingress(i), frame, now, &mut state.rng, &mut state.deliveries);
+            state.core.forward(
+                ingress(i),
+                frame,
+                now,
+                &mut state.rng,
+                &mut state.deliveries,
+            );
             for d in &state.deliveries {
                 if d.delay.is_zero() {
                     outbox.push(d.port, i);

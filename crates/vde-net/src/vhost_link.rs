@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLockWriteGuard};
 
 use vhost_user_backend::{VringRwLock, VringState, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -220,7 +221,16 @@ impl<'a> RingWriter<'a> {
 
     /// Some(true) delivered, Some(false) dropped (a bad chain), None no buffers.
     fn put(&mut self, layout: HeaderLayout, frame: &[u8]) -> Option<bool> {
-        match put_rx(self.state.get_queue_mut(), &*self.mem, layout, frame) {
+        let mut outcome = put_rx(self.state.get_queue_mut(), &*self.mem, layout, frame);
+        if outcome == RxOutcome::NoBuffers {
+            // Ask for a kick when the guest refills the ring (with EVENT_IDX, by moving
+            // avail_event to here); buffers that came meanwhile are used at once.
+            let queue = self.state.get_queue_mut();
+            if queue.enable_notification(&*self.mem).unwrap_or(false) {
+                outcome = put_rx(queue, &*self.mem, layout, frame);
+            }
+        }
+        match outcome {
             RxOutcome::Delivered(_) => {
                 self.used = true;
                 Some(true)
@@ -257,12 +267,22 @@ impl<'a> RingWriter<'a> {
         }
     }
 
+    /// Signals the guest if it wants to hear of what was written (always, without
+    /// EVENT_IDX; with it, when the used index passed the guest's `used_event`).
     fn finish(self) {
         let RingWriter {
-            ring, state, used, ..
+            ring,
+            mut state,
+            mem,
+            used,
         } = self;
+        let signal = used
+            && state
+                .get_queue_mut()
+                .needs_notification(&*mem)
+                .unwrap_or(true);
         drop(state);
-        if used {
+        if signal {
             let _ = ring.vring.signal_used_queue();
         }
     }
