@@ -52,7 +52,8 @@ pub(crate) struct EngineConfig {
 pub(crate) enum Cmd {
     /// Start serving a port's connected, non-blocking socket.
     Add(PortId, std::os::unix::net::UnixDatagram),
-    /// Start serving a vhost-user port (its frames come and go through the link).
+    /// Start serving a vhost-user port (frames from VDE ports are written into its RX
+    /// ring through the link; its own frames are forwarded by its ring thread).
     #[cfg(feature = "vhost-user")]
     AddVhost(Arc<VhostLink>),
     /// Stop serving a port.
