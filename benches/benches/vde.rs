@@ -242,22 +242,27 @@ enum Client {
     Loop,
 }
 
-impl Client {
+impl Choice for Client {
+    const ALL: &'static [(Self, &'static str)] = &[
+        (Client::Batch, "batch"),
+        (Client::Single, "single"),
+        (Client::Loop, "loop"),
+    ];
+}
+
+/// A command-line choice: its values and their names.
+trait Choice: Copy + PartialEq + 'static {
+    const ALL: &'static [(Self, &'static str)];
+
     fn name(self) -> &'static str {
-        match self {
-            Client::Batch => "batch",
-            Client::Single => "single",
-            Client::Loop => "loop",
-        }
+        Self::ALL
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("?", |(_, n)| n)
     }
 
-    fn parse(s: &str) -> Option<Client> {
-        match s {
-            "batch" => Some(Client::Batch),
-            "single" => Some(Client::Single),
-            "loop" => Some(Client::Loop),
-            _ => None,
-        }
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(t, _)| *t)
     }
 }
 
@@ -698,20 +703,12 @@ enum Which {
     VdeSwitch,
 }
 
-impl Which {
-    fn name(self) -> &'static str {
-        match self {
-            Which::Vmrig => "vmrig",
-            Which::Vhost => "vhost",
-            Which::VdeSwitch => "vde_switch",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Which> {
-        [Which::Vmrig, Which::Vhost, Which::VdeSwitch]
-            .into_iter()
-            .find(|w| w.name() == s)
-    }
+impl Choice for Which {
+    const ALL: &'static [(Self, &'static str)] = &[
+        (Which::Vmrig, "vmrig"),
+        (Which::Vhost, "vhost"),
+        (Which::VdeSwitch, "vde_switch"),
+    ];
 }
 
 struct Setup<'a> {

@@ -171,21 +171,7 @@ impl VhostLink {
 
     /// Ring thread: the guest refilled its RX ring; delivers the frames held for it.
     pub(crate) fn put_held(&self, undelivered: &mut Vec<(PortId, usize)>) {
-        let mut rx = lock(&self.rx);
-        let RxSide {
-            ring,
-            layout,
-            held,
-            spare,
-        } = &mut *rx;
-        if held.is_empty() {
-            return;
-        }
-        let writer = ring.as_ref().and_then(RingWriter::new);
-        if let Some(mut w) = writer {
-            w.put_held(*layout, held, spare, self.port, undelivered);
-            w.finish();
-        }
+        self.deliver([], undelivered);
     }
 
     /// Frames held for the guest.
