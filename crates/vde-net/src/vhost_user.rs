@@ -66,8 +66,12 @@ const NUM_QUEUES: usize = 2;
 const WAKE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 /// Largest ring QEMU may configure (its `rx_queue_size`/`tx_queue_size` go to 1024).
 const MAX_QUEUE_SIZE: usize = 1024;
-/// TX chains taken per pass before the RX side gets a turn.
+/// TX chains taken and forwarded per batch.
 const TX_BUDGET: usize = 64;
+/// Batches taken per TX event before the ring thread serves its other events (the
+/// guest's RX kicks, the library's exit event): a guest that keeps its TX ring full
+/// is served in turns, its thread woken again by its own eventfd.
+const TX_BATCHES_PER_EVENT: usize = 8;
 
 /// Names of the relays' private sockets.
 static RELAY_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -224,12 +228,13 @@ fn serve(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
-        link.set_connected(false);
-        if let Some(shared) = shared.upgrade() {
-            shared.lock().core.forget_macs(port);
-        } else {
+        // Forgotten before the port reads as disconnected, so that whoever sees it
+        // disconnected finds its addresses gone.
+        let Some(shared) = shared.upgrade() else {
             return;
-        }
+        };
+        shared.lock().core.forget_macs(port);
+        link.set_connected(false);
     }
 }
 
@@ -244,7 +249,7 @@ fn serve_one(
     let backend = Arc::new(NetBackend::new(shared.clone(), link.clone()));
     let mut daemon = VhostUserDaemon::new(
         format!("vhost-user-{port}"),
-        backend,
+        backend.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(|e| e.to_string())?;
@@ -302,6 +307,10 @@ fn serve_one(
     for h in &handlers {
         h.send_exit_event();
     }
+    // Whatever the worker still does from here on forwards nothing: the caller forgets
+    // the port's MAC addresses next, and a frame of the dead guest must not teach them
+    // again.
+    backend.close();
     result
 }
 
@@ -323,6 +332,8 @@ struct TxWork {
     /// For the frame thread: frames to VDE ports, or delayed.
     handed: Vec<Handed>,
     undelivered: Vec<(PortId, usize)>,
+    /// The connection ended: take nothing more from the guest.
+    closed: bool,
 }
 
 impl NetBackend {
@@ -340,8 +351,14 @@ impl NetBackend {
                 outbox: Outbox::new(ports),
                 handed: Vec::new(),
                 undelivered: Vec::new(),
+                closed: false,
             }),
         }
+    }
+
+    /// Stops the forwarding of TX frames, waiting for a batch under way.
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
     }
 
     fn layout(&self) -> HeaderLayout {
@@ -359,8 +376,11 @@ impl NetBackend {
         let layout = self.layout();
         let mut work = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let work = &mut *work;
+        if work.closed {
+            return;
+        }
         let mut empty = 0;
-        loop {
+        for batches in 1.. {
             work.batch.clear();
             let (stats, signal, more) = {
                 let mut state = vring.get_mut();
@@ -421,6 +441,11 @@ impl NetBackend {
             }
             count_undelivered(&shared, &mut work.undelivered);
             if !more {
+                break;
+            }
+            if batches == TX_BATCHES_PER_EVENT {
+                // Chains are left: come back after the other events.
+                self.link.wake();
                 break;
             }
         }
