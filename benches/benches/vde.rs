@@ -1,24 +1,31 @@
-//! The VDE switch benchmark: frames/s and latency through vmrig's switch and vde2's
-//! `vde_switch`, on the same synthetic load in the same run, with the ratio.
+//! The VDE switch benchmark: frames/s and latency through vmrig's switch (its VDE ports
+//! and its vhost-user ports) and vde2's `vde_switch`, on the same synthetic load in the
+//! same run, with the ratio.
 //!
-//! Load: N ports (2, 8, 32), each a libvdeplug client (`VdePlug`, the protocol QEMU
-//! speaks) driven by its own thread of a separate load process (this binary run with
-//! `--load`), so that neither switch shares a process with its clients and both face
-//! the very same program. Ports pair up (0<->1, 2<->3, ...); every port first
+//! Load: N ports (2, 8, 32) driven by the threads of a separate load process (this
+//! binary run with `--load`), so that no switch shares a process with its clients and
+//! all face the very same program. A VDE port is a libvdeplug client (`VdePlug`, the
+//! protocol QEMU speaks); a vhost-user port is a synthetic QEMU (the `vhost` crate's
+//! frontend, "guest memory" in a memfd shared with the switch, RX and TX rings of 256
+//! entries, the tests' `vhost_frontend`, negotiating EVENT_IDX as Linux does): its sender
+//! fills the TX ring and kicks, waiting for the switch's used-ring signal when the ring
+//! is full; its receiver refills its RX ring when signalled, as a guest driver does on
+//! its interrupt. Ports pair up (0<->1, 2<->3, ...); every port first
 //! announces its MAC so both switches learn it, then:
 //! - **saturation**: every even port sends `FRAMES / (N/2)` 60-byte unicast frames to its
 //!   partner as fast as blocking sends allow; frames/s = frames received / time from
 //!   the first send to the last receive; loss = sent - received. The switch's own CPU
 //!   time over this phase (its thread's or process's `schedstat`) divided by the frames
 //!   sent into it gives its cost per frame, a figure other load on the host hardly
-//!   moves; the time it waited for a CPU in the same file, as a share of the phase,
+//!   moves (for vhost-user ports, whose frames move on each port's ring thread, the
+//!   whole switch process's threads); the time it waited for a CPU in the same file, as a share of the phase,
 //!   shows how much of the host the load took from it;
 //! - **paced**: the same at a fixed aggregate rate (below both switches' saturation);
 //!   loss must be 0;
 //! - **latency**: ping-pong between ports 0 and 1 (the others connected and idle);
 //!   one-way latency = round trip / 2; p50 and p99 over `PINGS` round trips.
 //!
-//! The clients should not be what is measured: by default (`--client batch`) senders
+//! The clients should not be what is measured: for VDE ports, by default (`--client batch`) senders
 //! hand the kernel `SEND_BURST` frames per `sendmmsg` and receivers take every queued
 //! frame per `recvmmsg`, so on a small host they leave the CPU to the switch under test.
 //! `--client single` makes one system call per frame, as QEMU does; `--client loop`
@@ -34,7 +41,9 @@
 //! what each switch does with one CPU of its own.
 //!
 //! Run with `cargo bench -p vmrig-benches --bench vde [-- --rounds R --ports 2,8
-//! --only vmrig|vde_switch --client batch|single|loop --busy-poll-us N --pin]`. This is a bench binary
+//! --only vmrig,vhost,vde_switch --client batch|single|loop --busy-poll-us N --pin]`
+//! (`--client` is for VDE ports; vhost-user ports always move frames in bursts of
+//! `SEND_BURST` per kick). This is a bench binary
 //! (`harness = false`) printing a table, not a criterion group: the comparison with an
 //! external process is the point.
 
@@ -46,6 +55,10 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use vmrig_vde_net::{RecvBatch, Switch, SwitchOptions, VdePlug};
+
+// The synthetic vhost-user frontend the vhost-user tests use: one copy for both.
+#[path = "../../crates/vde-net/tests/vhost_frontend/mod.rs"]
+mod vhost_frontend;
 
 const FRAMES: u64 = 200_000;
 const PACED_FPS: u64 = 20_000;
@@ -69,30 +82,150 @@ fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     f
 }
 
-fn connect_all(dir: &Path, n: usize) -> Vec<VdePlug> {
-    let plugs: Vec<VdePlug> = (0..n)
-        .map(|i| VdePlug::connect(dir, &format!("bench port {i}")).expect("connect"))
-        .collect();
-    for p in &plugs {
-        p.socket()
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+/// One synthetic port of the load process, whatever it plugs into.
+trait Endpoint: Send {
+    /// Sends `k` copies of the 60-byte frame `f`, waiting for room as needed.
+    fn send(&mut self, f: &[u8], k: usize);
+    /// Receives what is queued: at least one frame, or an error after 500 ms without.
+    fn recv(&mut self) -> std::io::Result<u64>;
+    /// Takes whatever is queued, without waiting.
+    fn drain(&mut self);
+    /// The saturation phase, when these ports run one of their own.
+    fn own_saturation(_ends: &[Self], _total: u64) -> Option<Load>
+    where
+        Self: Sized,
+    {
+        None
     }
-    // Announce every MAC, then drain the floods.
-    for (i, p) in plugs.iter().enumerate() {
-        p.send(&frame([0xff; 6], mac(i))).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    drain(&plugs);
-    plugs
 }
 
-fn drain(plugs: &[VdePlug]) {
-    let mut buf = [0u8; 2048];
-    for p in plugs {
+/// A VDE port: a libvdeplug client used as `client` says.
+struct VdeEnd {
+    plug: VdePlug,
+    client: Client,
+    batch: RecvBatch,
+    buf: Vec<u8>,
+}
+
+impl Endpoint for VdeEnd {
+    fn send(&mut self, f: &[u8], k: usize) {
+        match self.client {
+            Client::Batch | Client::Loop => {
+                let burst: Vec<&[u8]> = std::iter::repeat_n(f, k).collect();
+                self.plug.send_batch(&burst).unwrap()
+            }
+            Client::Single => {
+                for _ in 0..k {
+                    self.plug.send(f).unwrap();
+                }
+            }
+        }
+    }
+
+    fn recv(&mut self) -> std::io::Result<u64> {
+        match self.client {
+            Client::Batch | Client::Loop => self.plug.recv_batch(&mut self.batch).map(|n| n as u64),
+            Client::Single => self.plug.recv(&mut self.buf).map(|_| 1),
+        }
+    }
+
+    fn drain(&mut self) {
+        let p = &self.plug;
         p.socket().set_nonblocking(true).unwrap();
-        while p.recv(&mut buf).is_ok() {}
+        while p.recv(&mut self.buf).is_ok() {}
         p.socket().set_nonblocking(false).unwrap();
+    }
+
+    fn own_saturation(ends: &[Self], total: u64) -> Option<Load> {
+        let loop_ = ends.first().is_some_and(|e| e.client == Client::Loop);
+        loop_.then(|| run_loop(ends, total))
+    }
+}
+
+fn connect_vde(dir: &Path, n: usize, client: Client) -> Vec<VdeEnd> {
+    (0..n)
+        .map(|i| {
+            let plug = VdePlug::connect(dir, &format!("bench port {i}")).expect("connect");
+            plug.socket()
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            VdeEnd {
+                plug,
+                client,
+                batch: RecvBatch::new(64),
+                buf: vec![0; 2048],
+            }
+        })
+        .collect()
+}
+
+/// A vhost-user port: a synthetic QEMU whose guest sends and receives through its rings.
+struct VhostEnd {
+    port: vhost_frontend::Port,
+    /// The frame being sent, behind its virtio-net header.
+    with_hdr: Vec<u8>,
+}
+
+impl Endpoint for VhostEnd {
+    fn send(&mut self, f: &[u8], k: usize) {
+        if self.with_hdr.get(vhost_frontend::HDR..) != Some(f) {
+            self.with_hdr.clear();
+            self.with_hdr.resize(vhost_frontend::HDR, 0);
+            self.with_hdr.extend_from_slice(f);
+        }
+        let mut left = k;
+        while left > 0 {
+            let went = self.port.send(&self.with_hdr, left);
+            left -= went;
+            if left > 0 {
+                // TX ring full: wait for the switch to return chains.
+                self.port.wait(1, Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn recv(&mut self) -> std::io::Result<u64> {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            let got = self.port.receive();
+            if got > 0 {
+                return Ok(got as u64);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.port.wait(0, deadline - now);
+        }
+    }
+
+    fn drain(&mut self) {
+        while self.port.receive() > 0 {}
+    }
+}
+
+fn connect_vhost(dir: &Path, n: usize) -> Vec<VhostEnd> {
+    (0..n)
+        .map(|i| VhostEnd {
+            port: vhost_frontend::Port::connect_event_idx(&dir.join(vhost_socket(i))),
+            with_hdr: Vec::new(),
+        })
+        .collect()
+}
+
+/// The socket of vhost-user port `i` in the switch's directory.
+fn vhost_socket(i: usize) -> String {
+    format!("vhost-{i}.sock")
+}
+
+/// Announces every port's MAC so that the switch learns it, then drains the floods.
+fn announce<E: Endpoint>(ends: &mut [E]) {
+    for (i, e) in ends.iter_mut().enumerate() {
+        e.send(&frame([0xff; 6], mac(i)), 1);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for e in ends.iter_mut() {
+        e.drain();
     }
 }
 
@@ -109,42 +242,27 @@ enum Client {
     Loop,
 }
 
-impl Client {
+impl Choice for Client {
+    const ALL: &'static [(Self, &'static str)] = &[
+        (Client::Batch, "batch"),
+        (Client::Single, "single"),
+        (Client::Loop, "loop"),
+    ];
+}
+
+/// A command-line choice: its values and their names.
+trait Choice: Copy + PartialEq + 'static {
+    const ALL: &'static [(Self, &'static str)];
+
     fn name(self) -> &'static str {
-        match self {
-            Client::Batch => "batch",
-            Client::Single => "single",
-            Client::Loop => "loop",
-        }
+        Self::ALL
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("?", |(_, n)| n)
     }
 
-    fn parse(s: &str) -> Option<Client> {
-        match s {
-            "batch" => Some(Client::Batch),
-            "single" => Some(Client::Single),
-            "loop" => Some(Client::Loop),
-            _ => None,
-        }
-    }
-
-    /// Sends `k` copies of `f` (`k` <= the length of `burst`, which holds copies of `f`).
-    fn send(self, tx: &VdePlug, f: &[u8], burst: &[&[u8]], k: usize) {
-        match self {
-            Client::Batch | Client::Loop => tx.send_batch(&burst[..k]).unwrap(),
-            Client::Single => {
-                for _ in 0..k {
-                    tx.send(f).unwrap();
-                }
-            }
-        }
-    }
-
-    /// Receives what is queued (at least one frame, or the read timeout's error).
-    fn recv(self, rx: &VdePlug, batch: &mut RecvBatch, buf: &mut [u8]) -> std::io::Result<u64> {
-        match self {
-            Client::Batch | Client::Loop => rx.recv_batch(batch).map(|n| n as u64),
-            Client::Single => rx.recv(buf).map(|_| 1),
-        }
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(_, n)| *n == s).map(|(t, _)| *t)
     }
 }
 
@@ -176,15 +294,15 @@ impl Load {
 /// Flat out, one thread per pair (`Client::Loop`): it sends a batch if the socket
 /// takes it, receives what is queued, and when it could do neither waits for a
 /// frame (briefly while it still has frames to send: room may come first).
-fn run_loop(plugs: &[VdePlug], total: u64) -> Load {
+fn run_loop(ends: &[VdeEnd], total: u64) -> Load {
     use std::io::ErrorKind::WouldBlock;
-    let pairs = plugs.len() / 2;
+    let pairs = ends.len() / 2;
     let per_pair = total / pairs as u64;
     let barrier = Barrier::new(pairs + 1);
     let ends = std::thread::scope(|s| {
         let threads: Vec<_> = (0..pairs)
             .map(|pair| {
-                let (tx, rx) = (&plugs[2 * pair], &plugs[2 * pair + 1]);
+                let (tx, rx) = (&ends[2 * pair].plug, &ends[2 * pair + 1].plug);
                 let barrier = &barrier;
                 s.spawn(move || {
                     let f = frame(mac(2 * pair + 1), mac(2 * pair));
@@ -263,26 +381,25 @@ fn run_loop(plugs: &[VdePlug], total: u64) -> Load {
     Load::new(sent, got, first, last)
 }
 
-/// Even ports send to odd partners; `rate` = aggregate frames/s, or None for flat out.
-fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) -> Load {
-    if client == Client::Loop && rate.is_none() {
-        return run_loop(plugs, total);
-    }
-    let pairs = plugs.len() / 2;
+/// Even ports send to odd partners; `rate` = aggregate frames/s, or None for flat out
+/// (in bursts of `SEND_BURST`, or one by one for `Client::Single`).
+fn run_load<E: Endpoint>(ends: &mut [E], burst: usize, total: u64, rate: Option<u64>) -> Load {
+    let pairs = ends.len() / 2;
     let per_sender = total / pairs as u64;
-    let barrier = Barrier::new(plugs.len() + 1);
+    let barrier = Barrier::new(2 * pairs + 1);
     let done = AtomicBool::new(false);
     let (mut sent, mut got) = (0u64, 0u64);
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     std::thread::scope(|s| {
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
-        for pair in 0..pairs {
-            let (tx, rx) = (&plugs[2 * pair], &plugs[2 * pair + 1]);
+        for (pair, ends) in ends.chunks_exact_mut(2).enumerate() {
+            let [tx, rx] = ends else {
+                unreachable!("chunks of 2")
+            };
             let f = frame(mac(2 * pair + 1), mac(2 * pair));
             let barrier = &barrier;
             senders.push(s.spawn(move || {
-                let burst: Vec<&[u8]> = vec![&f[..]; SEND_BURST.max(PACED_BURST)];
                 barrier.wait();
                 let start = Instant::now();
                 let mut n = 0u64;
@@ -297,11 +414,10 @@ fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) ->
                             }
                             PACED_BURST
                         }
-                        None if client == Client::Batch => SEND_BURST,
-                        None => 1,
+                        None => burst,
                     };
                     let k = (k as u64).min(per_sender - n) as usize;
-                    client.send(tx, &f, &burst, k);
+                    tx.send(&f, k);
                     n += k as u64;
                 }
                 (start, n)
@@ -309,12 +425,10 @@ fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) ->
             let done = &done;
             receivers.push(s.spawn(move || {
                 barrier.wait();
-                let mut batch = RecvBatch::new(64);
-                let mut buf = [0u8; 2048];
                 let mut n = 0u64;
                 let mut last = None;
                 while n < per_sender {
-                    match client.recv(rx, &mut batch, &mut buf) {
+                    match rx.recv() {
                         Ok(k) => {
                             n += k;
                             last = Some(Instant::now());
@@ -346,26 +460,26 @@ fn run_load(plugs: &[VdePlug], client: Client, total: u64, rate: Option<u64>) ->
 }
 
 /// One-way latency percentiles (p50, p99) in microseconds, from ping-pong.
-fn latency(plugs: &[VdePlug]) -> (f64, f64) {
-    let (a, b) = (&plugs[0], &plugs[1]);
+fn latency<E: Endpoint>(ends: &mut [E]) -> (f64, f64) {
+    let [a, b, ..] = ends else {
+        return (f64::NAN, f64::NAN);
+    };
     let ping = frame(mac(1), mac(0));
     let pong = frame(mac(0), mac(1));
     let mut rtts = Vec::with_capacity(PINGS);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut buf = [0u8; 2048];
             for _ in 0..PINGS {
-                if b.recv(&mut buf).is_err() {
+                if b.recv().is_err() {
                     return;
                 }
-                b.send(&pong).unwrap();
+                b.send(&pong, 1);
             }
         });
-        let mut buf = [0u8; 2048];
         for _ in 0..PINGS {
             let t = Instant::now();
-            a.send(&ping).unwrap();
-            if a.recv(&mut buf).is_err() {
+            a.send(&ping, 1);
+            if a.recv().is_err() {
                 break;
             }
             rtts.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
@@ -381,8 +495,18 @@ fn latency(plugs: &[VdePlug]) -> (f64, f64) {
 }
 
 /// Time a thread or process has spent on a CPU and waiting for one (runnable but
-/// not running), in ns, from its `schedstat` file.
+/// not running), in ns, from its `schedstat` file, or summed over the threads of a
+/// `/proc/PID/task` directory.
 fn sched_ns(schedstat: &Path) -> Option<(u64, u64)> {
+    if schedstat.is_dir() {
+        // A process's `task` directory: the sum over its threads.
+        return std::fs::read_dir(schedstat)
+            .ok()?
+            .try_fold((0, 0), |acc, t| {
+                let (cpu, wait) = sched_ns(&t.ok()?.path().join("schedstat"))?;
+                Some((acc.0 + cpu, acc.1 + wait))
+            });
+    }
     let text = std::fs::read_to_string(schedstat).ok()?;
     let mut it = text.split_whitespace().map(|f| f.parse::<u64>().ok());
     Some((it.next()??, it.next()??))
@@ -431,25 +555,42 @@ struct LoadArgs {
     ports: usize,
     frames: u64,
     client: Client,
+    /// vhost-user ports (sockets `vhost_socket(i)` in `dir`) rather than VDE ports.
+    vhost: bool,
+    /// A `schedstat` file, or a `task` directory whose threads' files are summed.
     schedstat: PathBuf,
     /// Run the load process on this CPU only (`--pin`).
     cpu: Option<usize>,
 }
 
 fn measure(args: &LoadArgs) -> Row {
-    let plugs = connect_all(&args.dir, args.ports);
+    if args.vhost {
+        measure_ports(args, &mut connect_vhost(&args.dir, args.ports))
+    } else {
+        measure_ports(args, &mut connect_vde(&args.dir, args.ports, args.client))
+    }
+}
+
+/// The three phases on connected ports: saturation, paced, latency.
+fn measure_ports<E: Endpoint>(args: &LoadArgs, ends: &mut [E]) -> Row {
+    announce(ends);
+    let burst = match args.client {
+        Client::Single if !args.vhost => 1,
+        _ => SEND_BURST,
+    };
     let before = sched_ns(&args.schedstat);
-    let sat = run_load(&plugs, args.client, args.frames, None);
+    let sat = E::own_saturation(ends, args.frames)
+        .unwrap_or_else(|| run_load(ends, burst, args.frames, None));
     let after = sched_ns(&args.schedstat);
-    drain(&plugs);
+    ends.iter_mut().for_each(E::drain);
     let paced = run_load(
-        &plugs,
-        args.client,
+        ends,
+        burst,
         (PACED_FPS as f64 * PACED_SECS) as u64,
         Some(PACED_FPS),
     );
-    drain(&plugs);
-    let (p50, p99) = latency(&plugs);
+    ends.iter_mut().for_each(E::drain);
+    let (p50, p99) = latency(ends);
     let (cpu_ns, wait) = match (before, after) {
         (Some(b), Some(a)) => (
             a.0.saturating_sub(b.0) as f64 / sat.sent as f64,
@@ -479,6 +620,7 @@ fn measure_in_child(args: &LoadArgs) -> Row {
         .arg(args.frames.to_string())
         .arg(args.client.name())
         .arg(&args.schedstat)
+        .arg(if args.vhost { "vhost" } else { "vde" })
         .stderr(Stdio::inherit())
         .output()
         .expect("run the load process");
@@ -495,6 +637,7 @@ fn load_main(args: &[String]) {
         frames: args[4].parse().expect("frame count"),
         client: Client::parse(&args[5]).expect("client kind"),
         schedstat: PathBuf::from(&args[6]),
+        vhost: args[7] == "vhost",
         // Already pinned by whoever started this process.
         cpu: None,
     };
@@ -552,8 +695,20 @@ fn thread_schedstat(name: &str) -> Option<PathBuf> {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Which {
+    /// vmrig's switch, VDE ports.
     Vmrig,
+    /// vmrig's switch, vhost-user ports.
+    Vhost,
+    /// vde2's `vde_switch`.
     VdeSwitch,
+}
+
+impl Choice for Which {
+    const ALL: &'static [(Self, &'static str)] = &[
+        (Which::Vmrig, "vmrig"),
+        (Which::Vhost, "vhost"),
+        (Which::VdeSwitch, "vde_switch"),
+    ];
 }
 
 struct Setup<'a> {
@@ -590,6 +745,7 @@ fn measure_switch(setup: &Setup<'_>, which: Which, n: usize, round: usize) -> Ro
             ports: n,
             frames: setup.frames,
             client: setup.client,
+            vhost: which == Which::Vhost,
             schedstat,
             cpu: setup.pin.then_some(LOAD_CPU),
         })
@@ -630,6 +786,35 @@ fn measure_switch(setup: &Setup<'_>, which: Which, n: usize, round: usize) -> Ro
             drop(switch);
             row
         }
+        Which::Vhost => {
+            let dir = setup.tmp.join(format!("vhost{n}-{round}"));
+            let switch = setup
+                .runtime
+                .block_on(Switch::start(SwitchOptions::new(&dir)))
+                .unwrap();
+            for i in 0..n {
+                switch
+                    .add_vhost_user_port(dir.join(vhost_socket(i)))
+                    .unwrap();
+            }
+            if setup.pin {
+                // Every thread of this process is the switch's (the load runs apart);
+                // the ring threads not yet started inherit their parent's CPU.
+                let ok = Command::new("taskset")
+                    .args(["-a", "-p", "-c", &SWITCH_CPU.to_string()])
+                    .arg(std::process::id().to_string())
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "cannot pin the switch's threads to CPU {SWITCH_CPU}");
+            }
+            // Frames move on each port's ring thread: count the whole process.
+            let tasks = PathBuf::from(format!("/proc/{}/task", std::process::id()));
+            let row = load(&dir, tasks);
+            let _guard = setup.runtime.enter();
+            drop(switch);
+            row
+        }
         Which::VdeSwitch => {
             let vde = VdeSwitchProcess::start(
                 setup.tmp.join(format!("vde{n}-{round}")),
@@ -652,40 +837,39 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn print_header() {
     println!(
-        "{:>5} | {:>24} | {:>24} | {:>6} | {:>17} | {:>17} | {:>17} | {:>11}",
+        "{:>5} | {:>10} | {:>10} | {:>13} | {:>14} | {:>17} | {:>12} | {:>6}",
         "ports",
-        "vmrig frames/s (lost)",
-        "vde_switch f/s (lost)",
-        "ratio",
-        "vmrig p50/p99 us",
-        "vde_sw p50/p99 us",
-        "CPU ns/frame v/vde",
-        "wait v/vde"
+        "switch",
+        "frames/s",
+        "lost sat/paced",
+        "vs vde_switch",
+        "p50/p99 us",
+        "CPU ns/frame",
+        "wait"
     );
 }
 
-fn print_row(label: &str, ours: Option<&Row>, theirs: Option<&Row>) {
-    let fmt = |r: Option<&Row>| match r {
-        Some(r) => (
-            format!("{:>10.0} ({:>5}/{:>5})", r.fps, r.sat_lost, r.paced_lost),
-            format!("{:>7.1} / {:>7.1}", r.p50, r.p99),
-            format!("{:>7.0}", r.cpu_ns),
-            format!("{:>4.0}%", r.wait * 100.0),
-        ),
-        None => (
-            format!("{:>24}", "-"),
-            format!("{:>17}", "-"),
-            format!("{:>7}", "-"),
-            format!("{:>5}", "-"),
-        ),
-    };
-    let (o, ol, oc, ow) = fmt(ours);
-    let (t, tl, tc, tw) = fmt(theirs);
-    let ratio = match (ours, theirs) {
-        (Some(o), Some(t)) => format!("{:>5.2}x", o.fps / t.fps),
-        _ => format!("{:>6}", "-"),
-    };
-    println!("{label:>5} | {o} | {t} | {ratio} | {ol} | {tl} | {oc} / {tc} | {ow} / {tw}");
+/// One line per switch measured at `ports`, frames/s also as a ratio to vde_switch's.
+fn print_rows(ports: usize, rows: &[(Which, Row)]) {
+    let base = rows
+        .iter()
+        .find(|(w, _)| *w == Which::VdeSwitch)
+        .map(|(_, r)| r.fps);
+    for (w, r) in rows {
+        let ratio = match base {
+            Some(b) if *w != Which::VdeSwitch => format!("{:.2}x", r.fps / b),
+            _ => "-".into(),
+        };
+        println!(
+            "{ports:>5} | {:>10} | {:>10.0} | {:>13} | {ratio:>14} | {:>17} | {:>12.0} | {:>5.0}%",
+            w.name(),
+            r.fps,
+            format!("{}/{}", r.sat_lost, r.paced_lost),
+            format!("{:.1} / {:.1}", r.p50, r.p99),
+            r.cpu_ns,
+            r.wait * 100.0
+        );
+    }
     let _ = std::io::stdout().flush();
 }
 
@@ -715,11 +899,16 @@ fn main() {
     let rounds: usize = flag_value(&args, "--rounds")
         .map(|r| r.parse().expect("--rounds N"))
         .unwrap_or(if quick { 1 } else { 3 });
-    let which: Vec<Which> = match flag_value(&args, "--only").as_deref() {
-        Some("vmrig") => vec![Which::Vmrig],
-        Some("vde_switch") => vec![Which::VdeSwitch],
-        Some(other) => panic!("--only vmrig|vde_switch, not {other}"),
-        None => vec![Which::Vmrig, Which::VdeSwitch],
+    let which: Vec<Which> = match flag_value(&args, "--only") {
+        Some(list) => list
+            .split(',')
+            .map(|w| {
+                Which::parse(w).unwrap_or_else(|| {
+                    panic!("--only takes vmrig, vhost and vde_switch (comma-separated), not {w}")
+                })
+            })
+            .collect(),
+        None => vec![Which::Vmrig, Which::Vhost, Which::VdeSwitch],
     };
     let client = flag_value(&args, "--client")
         .map(|c| Client::parse(&c).expect("--client batch|single|loop"))
@@ -769,8 +958,8 @@ fn main() {
                 got.push((w, row));
                 results.push((n, w, row));
             }
-            let find = |w| got.iter().find(|(x, _)| *x == w).map(|(_, r)| r);
-            print_row(&n.to_string(), find(Which::Vmrig), find(Which::VdeSwitch));
+            got.sort_by_key(|(w, _)| *w as u8);
+            print_rows(n, &got);
         }
     }
     if rounds > 1 {
@@ -784,27 +973,32 @@ fn main() {
                     .map(|(_, _, r)| *r)
                     .collect();
                 let med = |f: fn(&Row) -> f64| median(rows.iter().map(f).collect());
-                (!rows.is_empty()).then(|| Row {
-                    fps: med(|r| r.fps),
-                    sat_lost: rows.iter().map(|r| r.sat_lost).max().unwrap_or(0),
-                    paced_lost: rows.iter().map(|r| r.paced_lost).max().unwrap_or(0),
-                    p50: med(|r| r.p50),
-                    p99: med(|r| r.p99),
-                    cpu_ns: med(|r| r.cpu_ns),
-                    wait: med(|r| r.wait),
+                (!rows.is_empty()).then(|| {
+                    let row = Row {
+                        fps: med(|r| r.fps),
+                        sat_lost: rows.iter().map(|r| r.sat_lost).max().unwrap_or(0),
+                        paced_lost: rows.iter().map(|r| r.paced_lost).max().unwrap_or(0),
+                        p50: med(|r| r.p50),
+                        p99: med(|r| r.p99),
+                        cpu_ns: med(|r| r.cpu_ns),
+                        wait: med(|r| r.wait),
+                    };
+                    (w, row)
                 })
             };
-            print_row(
-                &n.to_string(),
-                summary(Which::Vmrig).as_ref(),
-                summary(Which::VdeSwitch).as_ref(),
-            );
+            let rows: Vec<_> = [Which::Vmrig, Which::Vhost, Which::VdeSwitch]
+                .into_iter()
+                .filter_map(summary)
+                .collect();
+            print_rows(n, &rows);
         }
     }
     println!(
-        "(lost) = frames lost at saturation / frames lost when paced; \
-         CPU ns/frame = the switch's CPU time at saturation per frame sent into it; \
-         wait = the share of the saturation phase the switch was ready to run but \
-         waited for a CPU (the load process had it)"
+        "switch: vmrig = vmrig's VDE ports, vhost = vmrig's vhost-user ports; \
+         lost = frames lost at saturation / when paced (the worst round); \
+         CPU ns/frame = the switch's CPU time at saturation per frame sent into it \
+         (vhost: every thread of the switch's process); wait = the share of the \
+         saturation phase the switch was ready to run but waited for a CPU (the load \
+         process had it; vhost: summed over its threads)"
     );
 }

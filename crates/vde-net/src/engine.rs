@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::delay_queue::DelayQueue;
 use crate::mmsg::{RecvArena, SendBatch};
 use crate::port::PortId;
+use crate::route::{count_undelivered, route, Outbox};
 use crate::server::Shared;
 #[cfg(feature = "vhost-user")]
 use crate::vhost_link::VhostLink;
@@ -51,7 +52,8 @@ pub(crate) struct EngineConfig {
 pub(crate) enum Cmd {
     /// Start serving a port's connected, non-blocking socket.
     Add(PortId, std::os::unix::net::UnixDatagram),
-    /// Start serving a vhost-user port (its frames come and go through the link).
+    /// Start serving a vhost-user port (frames from VDE ports are written into its RX
+    /// ring through the link; its own frames are forwarded by its ring thread).
     #[cfg(feature = "vhost-user")]
     AddVhost(Arc<VhostLink>),
     /// Stop serving a port.
@@ -64,9 +66,10 @@ pub(crate) enum Cmd {
 pub(crate) struct EngineHandle {
     cmds: Sender<Cmd>,
     waker: Arc<Waker>,
-    /// Vhost-user ports with frames from their guest, not yet seen by the thread.
+    /// Frames forwarded by vhost-user ring threads for the thread to send: to VDE
+    /// ports, or after a delay.
     #[cfg(feature = "vhost-user")]
-    vhost_ready: Arc<std::sync::Mutex<Vec<PortId>>>,
+    handed: Arc<std::sync::Mutex<Vec<Handed>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -77,9 +80,9 @@ impl EngineHandle {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (cmds, rx) = std::sync::mpsc::channel();
         #[cfg(feature = "vhost-user")]
-        let vhost_ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handed = Arc::new(std::sync::Mutex::new(Vec::new()));
         #[cfg(feature = "vhost-user")]
-        let engine_ready = vhost_ready.clone();
+        let engine_handed = handed.clone();
         let thread = std::thread::Builder::new()
             .name("vde-switch".into())
             .spawn(move || {
@@ -87,7 +90,7 @@ impl EngineHandle {
                 let mut engine = Engine::new(shared, poll, rx, config);
                 #[cfg(feature = "vhost-user")]
                 {
-                    engine.vhost_ready = engine_ready;
+                    engine.handed = engine_handed;
                 }
                 engine.run()
             })?;
@@ -95,7 +98,7 @@ impl EngineHandle {
             cmds,
             waker,
             #[cfg(feature = "vhost-user")]
-            vhost_ready,
+            handed,
             thread: std::sync::Mutex::new(Some(thread)),
         })
     }
@@ -107,13 +110,14 @@ impl EngineHandle {
         }
     }
 
-    /// Tells the thread that a vhost-user port has frames from its guest.
+    /// Hands the thread frames a vhost-user ring thread forwarded but cannot send
+    /// itself (to VDE ports, whose sockets the thread owns, or after a delay).
     #[cfg(feature = "vhost-user")]
-    pub(crate) fn vhost_frames(&self, port: PortId) {
-        self.vhost_ready
+    pub(crate) fn hand_over(&self, frames: &mut Vec<Handed>) {
+        self.handed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(port);
+            .append(frames);
         let _ = self.waker.wake();
     }
 
@@ -134,32 +138,9 @@ impl Drop for EngineHandle {
     }
 }
 
-/// Frames waiting to be sent, grouped by destination port (arena slot numbers, in
-/// arrival order).
-struct Outbox {
-    queues: Vec<Vec<u16>>,
-    /// Ports whose queue is not empty, each once.
-    dirty: Vec<usize>,
-}
-
-impl Outbox {
-    fn new(ports: usize) -> Self {
-        Outbox {
-            queues: (0..ports).map(|_| Vec::new()).collect(),
-            dirty: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, port: PortId, slot: usize) {
-        let Some(q) = self.queues.get_mut(port.0 as usize) else {
-            return;
-        };
-        if q.is_empty() {
-            self.dirty.push(port.0 as usize);
-        }
-        q.push(slot as u16);
-    }
-}
+/// A frame for the thread to send to `port` once `due`: (due, port, frame).
+#[cfg(feature = "vhost-user")]
+pub(crate) type Handed = (Instant, PortId, Vec<u8>);
 
 struct Engine {
     shared: Weak<Shared>,
@@ -186,10 +167,7 @@ struct Engine {
     #[cfg(feature = "vhost-user")]
     links: Vec<Option<Arc<VhostLink>>>,
     #[cfg(feature = "vhost-user")]
-    vhost_ready: Arc<std::sync::Mutex<Vec<PortId>>>,
-    /// Links that got frames in this flush, to wake once.
-    #[cfg(feature = "vhost-user")]
-    to_wake: Vec<usize>,
+    handed: Arc<std::sync::Mutex<Vec<Handed>>>,
 }
 
 impl Engine {
@@ -214,9 +192,7 @@ impl Engine {
             #[cfg(feature = "vhost-user")]
             links: (0..slots).map(|_| None).collect(),
             #[cfg(feature = "vhost-user")]
-            vhost_ready: Arc::default(),
-            #[cfg(feature = "vhost-user")]
-            to_wake: Vec::new(),
+            handed: Arc::default(),
         }
     }
 
@@ -246,14 +222,7 @@ impl Engine {
                 return;
             }
             #[cfg(feature = "vhost-user")]
-            {
-                let ready = std::mem::take(
-                    &mut *self.vhost_ready.lock().unwrap_or_else(|e| e.into_inner()),
-                );
-                for port in ready {
-                    self.mark_ready(port);
-                }
-            }
+            self.take_handed();
             for ev in events.iter() {
                 if ev.token() != WAKER {
                     self.mark_ready(PortId(ev.token().0 as u32));
@@ -298,10 +267,8 @@ impl Engine {
                 }
                 #[cfg(feature = "vhost-user")]
                 Cmd::AddVhost(link) => {
-                    let port = link.port;
-                    if let Some(slot) = self.links.get_mut(port.0 as usize) {
+                    if let Some(slot) = self.links.get_mut(link.port.0 as usize) {
                         *slot = Some(link);
-                        self.mark_ready(port);
                     }
                 }
                 Cmd::Remove(port) => {
@@ -341,23 +308,6 @@ impl Engine {
             let port = self.ready[i];
             let slot = port.0 as usize;
             self.queued[slot] = false;
-            #[cfg(feature = "vhost-user")]
-            if let Some(link) = self.links[slot].clone() {
-                if self.arena.free() < PORT_BUDGET {
-                    self.flush(shared);
-                }
-                let (arena, ingress) = (&mut self.arena, &mut self.ingress);
-                let more = link.take_from_guest(PORT_BUDGET, |frame| {
-                    arena.push(frame);
-                    ingress.push(port);
-                    moved = true;
-                });
-                if more {
-                    self.queued[slot] = true;
-                    self.pending.push(port);
-                }
-                continue;
-            }
             if self.socks[slot].is_none() {
                 continue;
             }
@@ -397,73 +347,62 @@ impl Engine {
 
     /// Forwards every frame in the arena and sends the immediate deliveries.
     fn flush(&mut self, shared: &Shared) {
-        if self.arena.len() == 0 {
-            return;
-        }
-        let captured = {
-            let mut guard = shared.lock();
-            let state = &mut *guard;
-            let now = Instant::now();
-            for i in 0..self.arena.len() {
-                let frame = self.arena.frame(i);
-                let port = self.ingress[i];
-                if let Some(cap) = state.capture.as_mut() {
-                    cap.record(frame);
-                }
-                state
-                    .core
-                    .forward(port, frame, now, &mut state.rng, &mut state.deliveries);
-                for d in &state.deliveries {
-                    if d.delay.is_zero() {
-                        self.outbox.push(d.port, i);
-                    } else if !self.delayed.push(now + d.delay, d.port, frame) {
-                        state.core.note_delay_overflow(d.port, frame.len());
-                    }
-                }
-            }
-            state.capture.as_mut().and_then(|cap| cap.take_batch())
-        };
-        // The disk is the writer thread's business, and never under the lock.
-        if let Some((sink, batch)) = captured {
-            sink.submit(batch);
-        }
-        for port in self.outbox.dirty.drain(..) {
-            let queue = &mut self.outbox.queues[port];
-            if let Some(sock) = self.socks[port].as_ref() {
-                let arena = &self.arena;
-                self.failed.clear();
-                self.sender.send(
+        let (ingress, delayed) = (&self.ingress, &mut self.delayed);
+        route(
+            shared,
+            &self.arena,
+            |i| ingress[i],
+            &mut self.outbox,
+            |due, port, frame| delayed.push(due, port, frame),
+        );
+        let (arena, socks, sender) = (&self.arena, &self.socks, &mut self.sender);
+        let (failed, undelivered) = (&mut self.failed, &mut self.undelivered);
+        #[cfg(feature = "vhost-user")]
+        let links = &self.links;
+        self.outbox.drain(|port, queue| {
+            let slot = port.0 as usize;
+            if let Some(sock) = socks[slot].as_ref() {
+                failed.clear();
+                sender.send(
                     sock.as_fd(),
                     queue.iter().map(|&i| arena.frame(i as usize)),
                     false,
-                    &mut self.failed,
+                    failed,
                 );
-                for &f in &self.failed {
-                    let len = arena.frame(queue[f] as usize).len();
-                    self.undelivered.push((PortId(port as u32), len));
+                for &f in failed.iter() {
+                    undelivered.push((port, arena.frame(queue[f] as usize).len()));
                 }
             }
             #[cfg(feature = "vhost-user")]
-            if let Some(link) = self.links[port].as_ref() {
-                for &i in queue.iter() {
-                    let frame = self.arena.frame(i as usize);
-                    if !link.deliver(frame) {
-                        self.undelivered.push((PortId(port as u32), frame.len()));
-                    }
-                }
-                self.to_wake.push(port);
+            if let Some(link) = links[slot].as_ref() {
+                link.deliver(queue.iter().map(|&i| arena.frame(i as usize)), undelivered);
             }
-            queue.clear();
-        }
-        #[cfg(feature = "vhost-user")]
-        for port in self.to_wake.drain(..) {
-            if let Some(link) = self.links[port].as_ref() {
-                link.wake();
-            }
-        }
+        });
         self.arena.clear();
         self.ingress.clear();
-        self.count_undelivered(shared);
+        count_undelivered(shared, &mut self.undelivered);
+    }
+
+    /// Queues the frames vhost-user ring threads handed over: all go through the delay
+    /// queue, those already due to be sent at once.
+    #[cfg(feature = "vhost-user")]
+    fn take_handed(&mut self) {
+        let handed = std::mem::take(&mut *self.handed.lock().unwrap_or_else(|e| e.into_inner()));
+        if handed.is_empty() {
+            return;
+        }
+        let mut overflow = Vec::new();
+        for (due, port, frame) in handed {
+            if !self.delayed.push(due, port, &frame) {
+                overflow.push((port, frame.len()));
+            }
+        }
+        if let Some(shared) = self.shared.upgrade() {
+            let mut state = shared.lock();
+            for (port, len) in overflow {
+                state.core.note_delay_overflow(port, len);
+            }
+        }
     }
 
     /// Sends the delayed frames that are due.
@@ -472,11 +411,7 @@ impl Engine {
         while let Some((port, frame)) = self.delayed.pop_due(now) {
             #[cfg(feature = "vhost-user")]
             if let Some(Some(link)) = self.links.get(port.0 as usize) {
-                if link.deliver(&frame) {
-                    link.wake();
-                } else {
-                    self.undelivered.push((port, frame.len()));
-                }
+                link.deliver([&frame[..]], &mut self.undelivered);
                 continue;
             }
             if let Some(Some(sock)) = self.socks.get(port.0 as usize) {
@@ -485,16 +420,6 @@ impl Engine {
                 }
             }
         }
-        self.count_undelivered(shared);
-    }
-
-    fn count_undelivered(&mut self, shared: &Shared) {
-        if self.undelivered.is_empty() {
-            return;
-        }
-        let mut state = shared.lock();
-        for (port, len) in self.undelivered.drain(..) {
-            state.core.note_send_failed(port, len);
-        }
+        count_undelivered(shared, &mut self.undelivered);
     }
 }

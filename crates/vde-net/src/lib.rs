@@ -30,7 +30,8 @@
 //! The core ([`request`], [`SwitchCore`], [`MacTable`], [`pcap`]) is sans-IO and always
 //! built. Everything that does I/O is behind the default feature `server`: tokio in
 //! `server` (control socket, handshakes), frames on one dedicated epoll thread
-//! (`engine`), pcap files written by a thread of their own (`capture`), and the
+//! (`engine`; a vhost-user port's frames on its own ring thread, `vhost_user`), pcap
+//! files written by a thread of their own (`capture`), and the
 //! [`VdePlug`] client; `default-features = false` leaves the core alone, without
 //! tokio. vde_switch's management console (`vmrig vde-switch`) lives in the CLI. Not
 //! supported: vde_switch's tagged VLANs inside one switch, FSTP, remote management
@@ -80,6 +81,8 @@ mod mmsg;
 pub mod pcap;
 pub mod port;
 pub mod request;
+#[cfg(feature = "server")]
+mod route;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod switch;

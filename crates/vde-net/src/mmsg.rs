@@ -20,6 +20,13 @@ pub(crate) struct RecvArena {
     used: usize,
 }
 
+#[allow(unsafe_code)]
+// SAFETY: the raw pointers in `iovs` and `hdrs` point only into `buf` and `iovs`, which
+// the arena owns and which never move (boxed slices); moving the arena to another
+// thread moves their owner with them, and `&RecvArena` gives no way to write through
+// them (only `&mut self` methods hand them to the kernel).
+unsafe impl Send for RecvArena {}
+
 /// An all-zero `mmsghdr`: no name, no control data, no buffers.
 fn empty_mmsghdr() -> libc::mmsghdr {
     #[allow(unsafe_code)]
@@ -74,21 +81,6 @@ impl RecvArena {
     /// Forgets every frame held.
     pub(crate) fn clear(&mut self) {
         self.used = 0;
-    }
-
-    /// Copies a frame into the next free slot (truncated to a slot, as a datagram would
-    /// be); false when the arena is full.
-    #[cfg(feature = "vhost-user")]
-    pub(crate) fn push(&mut self, frame: &[u8]) -> bool {
-        if self.free() == 0 {
-            return false;
-        }
-        let n = frame.len().min(self.slot_len);
-        let start = self.used * self.slot_len;
-        self.buf[start..start + n].copy_from_slice(&frame[..n]);
-        self.lens[self.used] = n;
-        self.used += 1;
-        true
     }
 
     /// Frame `i` (in arrival order).

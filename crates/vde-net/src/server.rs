@@ -95,6 +95,10 @@ pub(crate) struct Shared {
     next_sock: AtomicU64,
     opts: SwitchOptions,
     engine: std::sync::OnceLock<EngineHandle>,
+    /// Each vhost-user port's receiving side, by port number: where the ring threads
+    /// write the frames they forward.
+    #[cfg(feature = "vhost-user")]
+    pub(crate) links: std::sync::RwLock<Vec<Option<Arc<crate::vhost_link::VhostLink>>>>,
 }
 
 impl Shared {
@@ -108,6 +112,22 @@ impl Shared {
     #[cfg(feature = "vhost-user")]
     pub(crate) fn engine(&self) -> Option<&EngineHandle> {
         self.engine.get()
+    }
+
+    /// The vhost-user ports' receiving sides.
+    #[cfg(feature = "vhost-user")]
+    pub(crate) fn links(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Vec<Option<Arc<crate::vhost_link::VhostLink>>>> {
+        self.links.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(feature = "vhost-user")]
+    fn set_link(&self, port: PortId, link: Option<Arc<crate::vhost_link::VhostLink>>) {
+        let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = links.get_mut(port.0 as usize) {
+            *slot = link;
+        }
     }
 }
 
@@ -182,6 +202,8 @@ impl Switch {
             next_sock: AtomicU64::new(0),
             opts,
             engine: std::sync::OnceLock::new(),
+            #[cfg(feature = "vhost-user")]
+            links: std::sync::RwLock::new(vec![None; engine_config.max_ports + 1]),
         });
         let engine = EngineHandle::start(Arc::downgrade(&shared), engine_config)
             .map_err(|e| Error::io("starting the switch's frame thread", e))?;
@@ -352,6 +374,7 @@ impl Switch {
                 if let Some(engine) = self.shared.engine.get() {
                     engine.send(Cmd::AddVhost(vport.link.clone()));
                 }
+                self.shared.set_link(port, Some(vport.link.clone()));
                 self.shared.lock().vhost.insert(port, vport);
                 info!(port = port.0, socket = %socket.display(), "vhost-user port listening");
                 Ok(port)
@@ -374,6 +397,7 @@ impl Switch {
             state.core.remove_port(port);
             vport
         };
+        self.shared.set_link(port, None);
         if let Some(engine) = self.shared.engine.get() {
             engine.send(Cmd::Remove(port));
         }
@@ -412,6 +436,7 @@ impl Drop for Switch {
         {
             let ports: Vec<_> = self.shared.lock().vhost.drain().map(|(_, v)| v).collect();
             for vport in ports {
+                self.shared.set_link(vport.link.port, None);
                 vport.stop();
             }
         }

@@ -80,25 +80,84 @@ pub struct TxStats {
     pub bad: usize,
 }
 
-/// Takes up to `budget` chains from a TX ring, hands each frame (header stripped) to
-/// `deliver`, and returns every chain to the guest as used. `buf` is scratch space,
-/// reused across calls. A ring that is not ready, or whose avail index is impossible,
-/// yields nothing.
+/// Where [`take_tx`] puts the frames it takes: fixed slots, each filled in place so that
+/// a frame is copied once, from the guest's buffers to its slot.
+pub trait FrameSink {
+    /// The next free slot (at least [`MAX_FRAME`] bytes), or `None` when the sink is full.
+    fn slot(&mut self) -> Option<&mut [u8]>;
+    /// The last slot handed out now holds a frame of `len` bytes.
+    fn commit(&mut self, len: usize);
+}
+
+/// A batch of frames in [`MAX_FRAME`]-byte slots: the [`FrameSink`] of a port's ring
+/// thread, allocated once.
+#[derive(Debug)]
+pub struct FrameBatch {
+    buf: Box<[u8]>,
+    lens: Vec<usize>,
+}
+
+impl FrameBatch {
+    /// A batch of at most `slots` frames.
+    pub fn new(slots: usize) -> Self {
+        FrameBatch {
+            buf: vec![0; slots * MAX_FRAME].into_boxed_slice(),
+            lens: Vec::with_capacity(slots),
+        }
+    }
+
+    /// Number of frames held.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Whether no frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// Frame `i`, in arrival order.
+    pub fn frame(&self, i: usize) -> &[u8] {
+        &self.buf[i * MAX_FRAME..i * MAX_FRAME + self.lens[i]]
+    }
+
+    /// Forgets every frame held.
+    pub fn clear(&mut self) {
+        self.lens.clear();
+    }
+}
+
+impl FrameSink for FrameBatch {
+    fn slot(&mut self) -> Option<&mut [u8]> {
+        let i = self.lens.len();
+        self.buf.get_mut(i * MAX_FRAME..(i + 1) * MAX_FRAME)
+    }
+
+    fn commit(&mut self, len: usize) {
+        self.lens.push(len.min(MAX_FRAME));
+    }
+}
+
+/// Takes up to `budget` chains from a TX ring (fewer when `sink` fills up), copies each
+/// frame (header stripped) into a slot of `sink`, and returns every chain to the guest
+/// as used. A ring that is not ready, or whose avail index is impossible, yields nothing.
 pub fn take_tx<M: GuestMemory>(
     queue: &mut Queue,
     mem: &M,
     layout: HeaderLayout,
     budget: usize,
-    buf: &mut Vec<u8>,
-    mut deliver: impl FnMut(&[u8]),
+    sink: &mut impl FrameSink,
 ) -> TxStats {
     let mut stats = TxStats::default();
     while stats.chains < budget {
+        let Some(slot) = sink.slot() else {
+            break;
+        };
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             break;
         };
         let head = chain.head_index();
-        let ok = read_chain(chain, mem, layout.len, buf);
+        let len = read_chain(chain, mem, layout.len, slot);
         // A used entry the guest cannot accept (used ring outside memory) leaves the
         // ring broken for this guest only: stop taking from it.
         if queue.add_used(mem, head, 0).is_err() {
@@ -106,45 +165,56 @@ pub fn take_tx<M: GuestMemory>(
             break;
         }
         stats.chains += 1;
-        if ok {
-            stats.frames += 1;
-            deliver(&buf[layout.len..]);
-        } else {
-            stats.bad += 1;
+        match len {
+            Some(len) => {
+                stats.frames += 1;
+                sink.commit(len);
+            }
+            None => stats.bad += 1,
         }
     }
     stats
 }
 
-/// Copies a TX chain's bytes into `buf` (header included); false when the chain is not
-/// a valid frame.
+/// Copies a TX chain's frame, header skipped, into `slot`; the frame's length, or `None`
+/// when the chain is not a valid frame.
 fn read_chain<M: GuestMemory>(
     chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
     mem: &M,
     hdr_len: usize,
-    buf: &mut Vec<u8>,
-) -> bool {
-    buf.clear();
+    slot: &mut [u8],
+) -> Option<usize> {
     let limit = hdr_len + MAX_FRAME;
+    // The header is read too (into scratch), so that its addresses are checked as the
+    // frame's are.
+    let mut hdr = [0u8; NET_HDR_LEN];
+    let (mut total, mut len) = (0usize, 0usize);
     // The iterator ends a looping chain after a queue size of descriptors, silently:
     // a last descriptor that still points on is such a loop (or a bad index).
     let mut dangling = false;
     for desc in chain {
         dangling = desc.has_next();
         if desc.is_write_only() {
-            return false;
+            return None;
         }
-        let len = desc.len() as usize;
-        if len > limit - buf.len() {
-            return false;
+        let n = desc.len() as usize;
+        if n > limit - total {
+            return None;
         }
-        let start = buf.len();
-        buf.resize(start + len, 0);
-        if mem.read_slice(&mut buf[start..], desc.addr()).is_err() {
-            return false;
+        let mut addr = desc.addr();
+        let in_hdr = hdr_len.saturating_sub(total).min(n);
+        if in_hdr > 0 {
+            mem.read_slice(&mut hdr[total..total + in_hdr], addr).ok()?;
+            addr = addr.checked_add(in_hdr as u64)?;
         }
+        let body = n - in_hdr;
+        if body > 0 {
+            mem.read_slice(slot.get_mut(len..len + body)?, addr).ok()?;
+            len += body;
+        }
+        total += n;
     }
-    !dangling && buf.len() >= hdr_len
+    (!dangling && total >= hdr_len).then_some(len)
 }
 
 /// What [`put_rx`] did with a frame.
@@ -354,16 +424,15 @@ mod tests {
         }
 
         fn tx(&mut self) -> (TxStats, Vec<Vec<u8>>) {
-            let mut frames = Vec::new();
-            let mut buf = Vec::new();
+            let mut batch = FrameBatch::new(64);
             let stats = take_tx(
                 &mut self.queue,
                 &self.mem,
                 HeaderLayout::default(),
                 64,
-                &mut buf,
-                |f| frames.push(f.to_vec()),
+                &mut batch,
             );
+            let frames = (0..batch.len()).map(|i| batch.frame(i).to_vec()).collect();
             (stats, frames)
         }
 
@@ -452,12 +521,20 @@ mod tests {
             r.desc(i, DATA, 72, 0, 0);
             r.offer(i);
         }
-        let mut buf = Vec::new();
-        let mut n = 0;
+        let mut batch = FrameBatch::new(64);
         let layout = HeaderLayout::default();
-        let stats = take_tx(&mut r.queue, &r.mem, layout, 3, &mut buf, |_| n += 1);
-        assert_eq!((stats.chains, n), (3, 3));
+        let stats = take_tx(&mut r.queue, &r.mem, layout, 3, &mut batch);
+        assert_eq!((stats.chains, batch.len()), (3, 3));
         assert_eq!(r.tx().0.chains, 2);
+        // A full sink stops the taking before a chain is popped.
+        r.desc(5, DATA, 72, 0, 0);
+        r.desc(6, DATA, 72, 0, 0);
+        r.offer(5);
+        r.offer(6);
+        let mut small = FrameBatch::new(1);
+        let stats = take_tx(&mut r.queue, &r.mem, layout, 64, &mut small);
+        assert_eq!((stats.chains, small.len()), (1, 1));
+        assert_eq!(r.tx().0.chains, 1);
     }
 
     #[test]

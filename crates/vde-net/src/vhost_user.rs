@@ -1,6 +1,6 @@
 //! vhost-user-net ports: QEMU (`-netdev vhost-user`) hands a guest NIC's virtqueues and
-//! its shared memory to the switch over a unix socket, and the port's ring thread copies
-//! frames between the rings and the frame thread ([`VhostLink`]).
+//! its shared memory to the switch over a unix socket, and the switch's threads move
+//! frames between the guests' rings and the other ports (see below).
 //!
 //! The protocol is rust-vmm's (`vhost`, `vhost-user-backend`): one
 //! [`VhostUserDaemon`] per QEMU connection, on a listening socket the port keeps for its
@@ -10,11 +10,19 @@
 //! the same socket: the port number, counters and faults stay.
 //!
 //! Negotiated: `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MRG_RXBUF` (QEMU 7.2 and Linux both
-//! use it; the switch also serves drivers without it) and
+//! use it; the switch also serves drivers without it), `VIRTIO_RING_F_EVENT_IDX` (the
+//! guest is signalled, and kicks, only when the other side asked for it) and
 //! `VHOST_USER_F_PROTOCOL_FEATURES` with `MQ` (one queue pair). QEMU's messages pass
 //! through a small relay (`vhost_shim`) that fixes up QEMU 7.2's order of messages for
-//! the vhost crate. Not offered: offloads (checksum, TSO) and `EVENT_IDX`: every frame
-//! is whole and checksummed, as on a VDE port.
+//! the vhost crate. Not offered: offloads (checksum, TSO): every frame is whole and
+//! checksummed, as on a VDE port.
+//!
+//! Frames move on the ring threads: the thread that polls a guest's TX kick takes its
+//! TX chains a batch at a time, each frame copied once into the batch, forwards the
+//! batch under one lock of the switch ([`route`]) and writes each destination's frames
+//! straight into that guest's RX ring ([`VhostLink::deliver`]); frames for VDE ports,
+//! and delayed ones, go to the frame thread, which owns the VDE sockets and the delay
+//! queue.
 
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
@@ -23,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -32,17 +41,21 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::engine::Handed;
 use crate::error::{Error, Result};
 use crate::port::PortId;
+use crate::route::{count_undelivered, route, Outbox};
 use crate::server::Shared;
-use crate::vhost_link::VhostLink;
-use crate::vhost_ring::{put_rx, take_tx, HeaderLayout, RxOutcome};
+use crate::vhost_link::{RxRing, VhostLink};
+use crate::vhost_ring::{take_tx, FrameBatch, HeaderLayout};
 
 /// Queue indices of a single-queue-pair virtio-net device (virtio 1.2, 5.1.2).
 const RX_QUEUE: u16 = 0;
@@ -53,8 +66,12 @@ const NUM_QUEUES: usize = 2;
 const WAKE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 /// Largest ring QEMU may configure (its `rx_queue_size`/`tx_queue_size` go to 1024).
 const MAX_QUEUE_SIZE: usize = 1024;
-/// TX chains taken per pass before the RX side gets a turn.
+/// TX chains taken and forwarded per batch.
 const TX_BUDGET: usize = 64;
+/// Batches taken per TX event before the ring thread serves its other events (the
+/// guest's RX kicks, the library's exit event): a guest that keeps its TX ring full
+/// is served in turns, its thread woken again by its own eventfd.
+const TX_BATCHES_PER_EVENT: usize = 8;
 
 /// Names of the relays' private sockets.
 static RELAY_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -211,12 +228,13 @@ fn serve(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         }
-        link.set_connected(false);
-        if let Some(shared) = shared.upgrade() {
-            shared.lock().core.forget_macs(port);
-        } else {
+        // Forgotten before the port reads as disconnected, so that whoever sees it
+        // disconnected finds its addresses gone.
+        let Some(shared) = shared.upgrade() else {
             return;
-        }
+        };
+        shared.lock().core.forget_macs(port);
+        link.set_connected(false);
     }
 }
 
@@ -231,7 +249,7 @@ fn serve_one(
     let backend = Arc::new(NetBackend::new(shared.clone(), link.clone()));
     let mut daemon = VhostUserDaemon::new(
         format!("vhost-user-{port}"),
-        backend,
+        backend.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(|e| e.to_string())?;
@@ -289,6 +307,10 @@ fn serve_one(
     for h in &handlers {
         h.send_exit_event();
     }
+    // Whatever the worker still does from here on forwards nothing: the caller forgets
+    // the port's MAC addresses next, and a frame of the dead guest must not teach them
+    // again.
+    backend.close();
     result
 }
 
@@ -298,114 +320,144 @@ struct NetBackend {
     link: Arc<VhostLink>,
     mem: Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     acked: AtomicU64,
-    /// Scratch space of the worker thread.
-    scratch: Mutex<Vec<u8>>,
+    /// The ring thread's forwarding state (only that thread takes it: one uncontended
+    /// lock per kick).
+    tx: Mutex<TxWork>,
+}
+
+/// What the ring thread forwards a TX batch with.
+struct TxWork {
+    batch: FrameBatch,
+    outbox: Outbox,
+    /// For the frame thread: frames to VDE ports, or delayed.
+    handed: Vec<Handed>,
+    undelivered: Vec<(PortId, usize)>,
+    /// The connection ended: take nothing more from the guest.
+    closed: bool,
 }
 
 impl NetBackend {
     fn new(shared: Weak<Shared>, link: Arc<VhostLink>) -> Self {
+        let ports = shared
+            .upgrade()
+            .map_or(0, |s| s.lock().core.config().max_ports as usize + 1);
         NetBackend {
             shared,
             link,
             mem: Mutex::new(None),
             acked: AtomicU64::new(0),
-            scratch: Mutex::new(Vec::new()),
+            tx: Mutex::new(TxWork {
+                batch: FrameBatch::new(TX_BUDGET),
+                outbox: Outbox::new(ports),
+                handed: Vec::new(),
+                undelivered: Vec::new(),
+                closed: false,
+            }),
         }
+    }
+
+    /// Stops the forwarding of TX frames, waiting for a batch under way.
+    fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
     }
 
     fn layout(&self) -> HeaderLayout {
         HeaderLayout::from_features(self.acked.load(Ordering::SeqCst))
     }
 
-    /// Moves frames from the TX ring to the frame thread while it has room.
+    /// Takes the guest's TX chains a batch at a time (each frame copied once, into the
+    /// batch), returns them as used with one signal per batch, forwards the batch and
+    /// writes each destination's frames straight into its RX ring.
     fn process_tx(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let port = self.link.port;
         let layout = self.layout();
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let room = self.link.room_from_guest().min(TX_BUDGET);
-            if room == 0 {
-                // The frame thread wakes us once it has taken some.
-                break;
-            }
-            let mut frames = Vec::new();
-            let stats = {
+        let mut work = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let work = &mut *work;
+        if work.closed {
+            return;
+        }
+        let mut empty = 0;
+        for batches in 1.. {
+            work.batch.clear();
+            let (stats, signal, more) = {
                 let mut state = vring.get_mut();
-                take_tx(
-                    state.get_queue_mut(),
-                    mem,
-                    layout,
-                    room,
-                    &mut scratch,
-                    |f| frames.push(self.link.copy(f)),
-                )
+                let queue = state.get_queue_mut();
+                let stats = take_tx(queue, mem, layout, TX_BUDGET, &mut work.batch);
+                let signal = stats.chains > 0 && queue.needs_notification(mem).unwrap_or(true);
+                // A short batch emptied the ring: ask for the next kick (with EVENT_IDX,
+                // avail_event moves here), and go on if chains came meanwhile. Chains that
+                // are announced but cannot be taken (an impossible avail index, a used
+                // ring outside memory) get one more pass, not a spin.
+                let came = queue.enable_notification(mem).unwrap_or(false);
+                empty = if stats.chains == 0 { empty + 1 } else { 0 };
+                let more = stats.chains == TX_BUDGET || (came && empty < 2);
+                (stats, signal, more)
             };
-            if stats.chains > 0 {
+            if signal {
                 let _ = vring.signal_used_queue();
             }
             if stats.bad > 0 {
                 debug!(
-                    port = self.link.port.0,
+                    port = port.0,
                     bad = stats.bad,
                     "vhost-user port: malformed TX chains dropped"
                 );
-                if let Some(shared) = self.shared.upgrade() {
-                    shared
-                        .lock()
-                        .core
-                        .note_bad_ingress(self.link.port, stats.bad as u64);
-                }
+                shared.lock().core.note_bad_ingress(port, stats.bad as u64);
             }
-            if !frames.is_empty() {
-                self.link.push_from_guest(frames);
-                if let Some(shared) = self.shared.upgrade() {
-                    if let Some(engine) = shared.engine() {
-                        engine.vhost_frames(self.link.port);
+            let handed = &mut work.handed;
+            route(
+                &shared,
+                &work.batch,
+                |_| port,
+                &mut work.outbox,
+                |due, to, frame| {
+                    handed.push((due, to, frame.to_vec()));
+                    true
+                },
+            );
+            {
+                let links = shared.links();
+                let (batch, undelivered) = (&work.batch, &mut work.undelivered);
+                work.outbox.drain(|to, frames| {
+                    let frames = frames.iter().map(|&i| batch.frame(usize::from(i)));
+                    match links.get(to.0 as usize) {
+                        Some(Some(link)) => link.deliver(frames, undelivered),
+                        // A VDE port: its socket is the frame thread's.
+                        _ => {
+                            let now = Instant::now();
+                            handed.extend(frames.map(|f| (now, to, f.to_vec())));
+                        }
                     }
-                }
+                });
             }
-            if stats.chains < room {
+            if !work.handed.is_empty() {
+                if let Some(engine) = shared.engine() {
+                    engine.hand_over(&mut work.handed);
+                }
+                work.handed.clear();
+            }
+            count_undelivered(&shared, &mut work.undelivered);
+            if !more {
+                break;
+            }
+            if batches == TX_BATCHES_PER_EVENT {
+                // Chains are left: come back after the other events.
+                self.link.wake();
                 break;
             }
         }
     }
 
-    /// Moves the frames waiting for the guest into its RX ring while it has buffers.
-    fn process_rx(&self, vring: &VringRwLock, mem: &GuestMemoryMmap) {
-        let layout = self.layout();
-        let mut delivered = 0;
-        let mut dropped = Vec::new();
-        while let Some(frame) = self.link.next_to_guest() {
-            let outcome = {
-                let mut state = vring.get_mut();
-                put_rx(state.get_queue_mut(), mem, layout, &frame)
-            };
-            match outcome {
-                RxOutcome::Delivered(_) => {
-                    delivered += 1;
-                    self.link.recycle(frame);
-                }
-                RxOutcome::NoBuffers => {
-                    // Kept until the guest refills its ring (its next kick), or dropped
-                    // by the frame thread once the queue is full.
-                    self.link.unget_to_guest(frame);
-                    break;
-                }
-                RxOutcome::Dropped => {
-                    delivered += 1; // chains were returned: signal anyway
-                    dropped.push(frame.len());
-                    self.link.recycle(frame);
-                }
-            }
-        }
-        if delivered > 0 {
-            let _ = vring.signal_used_queue();
-        }
-        if !dropped.is_empty() {
+    /// The guest refilled its RX ring: delivers the frames held for it.
+    fn process_rx(&self) {
+        let mut undelivered = Vec::new();
+        self.link.put_held(&mut undelivered);
+        if !undelivered.is_empty() {
             if let Some(shared) = self.shared.upgrade() {
-                let mut state = shared.lock();
-                for len in dropped {
-                    state.core.note_send_failed(self.link.port, len);
-                }
+                count_undelivered(&shared, &mut undelivered);
             }
         }
     }
@@ -429,11 +481,13 @@ impl VhostUserBackend for NetBackend {
         // of messages acceptable to the vhost crate.
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
     fn acked_features(&self, features: u64) {
         self.acked.store(features, Ordering::SeqCst);
+        self.link.set_layout(HeaderLayout::from_features(features));
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -443,12 +497,15 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn set_event_idx(&self, _enabled: bool) {
-        // Not offered: the driver notifies on every kick and wants every interrupt.
+        // The library sets it on the queues, whose `needs_notification` and
+        // `enable_notification` then follow `used_event` and `avail_event`.
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         *self.mem.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         self.link.set_connected(true);
+        // The ring thread learns the RX ring (for the link) on its next event.
+        self.link.wake();
         Ok(())
     }
 
@@ -471,25 +528,23 @@ impl VhostUserBackend for NetBackend {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(());
         };
-        let mem = mem.memory();
         let [rx, tx] = vrings else {
             return Ok(());
         };
+        self.link.attach(|| RxRing {
+            vring: rx.clone(),
+            mem: mem.clone(),
+        });
+        let mem = mem.memory();
         match device_event {
-            RX_QUEUE => {
-                if rx.get_ref().is_enabled() {
-                    self.process_rx(rx, &mem);
-                }
-            }
+            RX_QUEUE => self.process_rx(),
             TX_QUEUE => {
                 if tx.get_ref().is_enabled() {
                     self.process_tx(tx, &mem);
                 }
             }
             _ => {
-                if rx.get_ref().is_enabled() {
-                    self.process_rx(rx, &mem);
-                }
+                self.process_rx();
                 if tx.get_ref().is_enabled() {
                     self.process_tx(tx, &mem);
                 }

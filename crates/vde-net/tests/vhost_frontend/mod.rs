@@ -1,7 +1,10 @@
 //! A synthetic vhost-user frontend (what QEMU does, driven by hand) for tests: the
 //! `vhost` crate's `Frontend`, "guest memory" in a memfd shared with the switch, one RX
-//! and one TX split ring of 256 entries. The `vde_vhost` bench includes this file too;
-//! raw descriptor access serves the hostile-guest tests.
+//! and one TX split ring of 256 entries. The `vde` bench includes this file too;
+//! raw descriptor access serves the hostile-guest tests. With
+//! [`Port::connect_event_idx`] the driver side negotiates `VIRTIO_RING_F_EVENT_IDX` as
+//! Linux does: it kicks only when the switch's `avail_event` asks for it and asks for
+//! a signal (`used_event`) only when it is about to wait for one.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -17,6 +20,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub const HDR: usize = 12;
+/// VIRTIO_RING_F_EVENT_IDX (virtio 1.2, 6).
+const EVENT_IDX: u32 = 29;
 
 pub fn mac(i: usize) -> [u8; 6] {
     [0x02, 0, 0, 0x7e, (i >> 8) as u8, i as u8]
@@ -57,6 +62,10 @@ pub struct Ring {
     avail: u64,
     used: u64,
     bufs: u64,
+    /// `VIRTIO_RING_F_EVENT_IDX` negotiated.
+    event_idx: bool,
+    /// The avail index at the last kick (or decision not to kick).
+    kicked_at: u16,
     pub avail_idx: u16,
     pub last_used: u16,
     pub free: Vec<u16>,
@@ -69,6 +78,8 @@ impl Ring {
             avail,
             used,
             bufs,
+            event_idx: false,
+            kicked_at: 0,
             avail_idx: 0,
             last_used: 0,
             free: (0..QUEUE).rev().collect(),
@@ -128,6 +139,42 @@ impl Ring {
         .unwrap();
     }
 
+    /// Whether the device wants a kick for what was published since the last call
+    /// (always, without EVENT_IDX; virtio 1.2, 2.7.10, `vring_need_event`).
+    pub fn needs_kick(&mut self, mem: &GuestMemoryMmap) -> bool {
+        let (old, new) = (self.kicked_at, self.avail_idx);
+        self.kicked_at = new;
+        if !self.event_idx {
+            return true;
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let avail_event: u16 = mem
+            .load(
+                GuestAddress(self.used + 4 + 8 * u64::from(QUEUE)),
+                Ordering::Acquire,
+            )
+            .unwrap();
+        new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    /// Asks for a signal once the device has used `ahead` more entries than were seen
+    /// (at least one); true when it already has (no need to wait).
+    pub fn arm(&mut self, mem: &GuestMemoryMmap, ahead: u16) -> bool {
+        if self.event_idx {
+            mem.store(
+                self.last_used.wrapping_add(ahead.max(1) - 1),
+                GuestAddress(self.avail + 4 + 2 * u64::from(QUEUE)),
+                Ordering::Release,
+            )
+            .unwrap();
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+        let idx: u16 = mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .unwrap();
+        idx != self.last_used
+    }
+
     /// Ids of the chains the device returned since the last call.
     pub fn used(&mut self, mem: &GuestMemoryMmap, out: &mut Vec<u16>) {
         let idx: u16 = mem
@@ -157,6 +204,15 @@ pub struct Port {
 
 impl Port {
     pub fn connect(sock: &Path) -> Port {
+        Port::connect_with(sock, false)
+    }
+
+    /// A port whose driver negotiates EVENT_IDX (if the switch offers it).
+    pub fn connect_event_idx(sock: &Path) -> Port {
+        Port::connect_with(sock, true)
+    }
+
+    fn connect_with(sock: &Path, event_idx: bool) -> Port {
         let fd = rustix::fs::memfd_create("vhost-bench", rustix::fs::MemfdFlags::CLOEXEC)
             .expect("memfd");
         rustix::fs::ftruncate(&fd, MEM as u64).unwrap();
@@ -172,8 +228,13 @@ impl Port {
         let mut f = Frontend::connect(sock, 2).expect("connect to the vhost-user port");
         f.set_owner().unwrap();
         let offered = f.get_features().unwrap();
-        let want = (1u64 << 32) | (1 << 15) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        f.set_features(offered & want).unwrap();
+        let mut want = (1u64 << 32) | (1 << 15) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if event_idx {
+            want |= 1 << EVENT_IDX;
+        }
+        let acked = offered & want;
+        let event_idx = acked & (1 << EVENT_IDX) != 0;
+        f.set_features(acked).unwrap();
         if offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
             let pf = f.get_protocol_features().unwrap();
             f.set_protocol_features(pf & VhostUserProtocolFeatures::MQ)
@@ -237,12 +298,15 @@ impl Port {
             call,
             scratch: Vec::new(),
         };
+        port.rx.event_idx = event_idx;
+        port.tx.event_idx = event_idx;
         // Every RX buffer offered up front.
         while let Some(id) = port.rx.free.pop() {
             port.rx.offer(&port.mem, id, BUF as u32, WRITE);
         }
         port.rx.publish(&port.mem);
         port.kick[0].write(1).unwrap();
+        port.rx.kicked_at = port.rx.avail_idx;
         port
     }
 
@@ -261,14 +325,27 @@ impl Port {
         }
         if n > 0 {
             self.tx.publish(&self.mem);
-            self.kick[1].write(1).unwrap();
+            if self.tx.needs_kick(&self.mem) {
+                self.kick[1].write(1).unwrap();
+            }
         }
         n
     }
 
     /// Waits (at most `timeout`) for the switch to signal queue `q`, as a guest waits
-    /// for its interrupt.
-    pub fn wait(&self, q: usize, timeout: Duration) {
+    /// for its interrupt. With EVENT_IDX, as Linux's virtio-net does: on RX, a signal
+    /// for the first frame; on TX (a full ring), once three quarters of the chains in
+    /// flight are used (`virtqueue_enable_cb_delayed`).
+    pub fn wait(&mut self, q: usize, timeout: Duration) {
+        let (ring, ahead) = if q == 0 {
+            (&mut self.rx, 1)
+        } else {
+            let in_flight = self.tx.avail_idx.wrapping_sub(self.tx.last_used);
+            (&mut self.tx, in_flight / 4 * 3)
+        };
+        if ring.arm(&self.mem, ahead) {
+            return;
+        }
         let mut events = [EpollEvent::default()];
         if self.epoll[q]
             .wait(timeout.as_millis() as i32, &mut events)
@@ -290,7 +367,9 @@ impl Port {
         }
         if n > 0 {
             self.rx.publish(&self.mem);
-            self.kick[0].write(1).unwrap();
+            if self.rx.needs_kick(&self.mem) {
+                self.kick[0].write(1).unwrap();
+            }
         }
         n
     }
