@@ -86,7 +86,9 @@ fn main() {
     drop(vde2);
 
     let switch = rt
-        .block_on(Switch::start(SwitchOptions::new(work.path().join("vmrig.ctl"))))
+        .block_on(Switch::start(SwitchOptions::new(
+            work.path().join("vmrig.ctl"),
+        )))
         .expect("vmrig switch");
     let pair = boot_pair(&vde, &on(switch.dir()), &on(switch.dir()));
     rows.push(("vmrig, VDE ports", measure(pair, &args)));
@@ -152,17 +154,15 @@ fn boot_pair(out: &Path, a: &StartOptions, b: &StartOptions) -> (Guest, Guest) {
 
 fn measure((mut a, mut b): (Guest, Guest), args: &Args) -> Figures {
     // Warm-up: ARP, and TCG's first translation of ping and nc.
-    a.succeed("ping -c 3 -W 2 192.168.1.2", CMD).expect("ping b");
+    a.succeed("ping -c 3 -W 2 192.168.1.2", CMD)
+        .expect("ping b");
     let mut f = Figures {
         mib_s: Vec::new(),
         rtt_ms: Vec::new(),
     };
     for _ in 0..args.rounds {
         let out = a
-            .succeed(
-                &format!("ping -c {PINGS} -i 0.2 -W 2 192.168.1.2"),
-                CMD,
-            )
+            .succeed(&format!("ping -c {PINGS} -i 0.2 -W 2 192.168.1.2"), CMD)
             .expect("ping b");
         f.rtt_ms.push(average_rtt(&out));
         f.mib_s.push(send(&mut a, &mut b, "192.168.1.2", args.mib));
@@ -207,7 +207,14 @@ fn loopback(a: &mut Guest, args: &Args) -> Vec<f64> {
 /// busybox ping's `round-trip min/avg/max = 0.5/0.7/1.2 ms`.
 fn average_rtt(out: &str) -> f64 {
     out.lines()
-        .find_map(|l| l.split_once("min/avg/max = ")?.1.split('/').nth(1)?.parse().ok())
+        .find_map(|l| {
+            l.split_once("min/avg/max = ")?
+                .1
+                .split('/')
+                .nth(1)?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no round-trip summary in {out:?}"))
 }
 
