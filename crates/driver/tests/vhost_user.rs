@@ -1,7 +1,7 @@
 //! End-to-end: nodes with `net = "vhost-user"` (guest kit, TCG) on the driver's
 //! VLAN switch: two of them talk to each other and to a VDE node on the same
-//! VLAN, one reconnects after a crash and a new start, and none is ever
-//! snapshotted (the log says why).
+//! VLAN, one reconnects after a crash and after a shutdown, each followed by a
+//! new start, and none is ever snapshotted (the log says why).
 
 use std::path::Path;
 use std::time::Duration;
@@ -81,6 +81,27 @@ fn vhost_user_and_vde_nodes_on_one_vlan() {
     c.succeed(&["ping -c 1 -W 2 b"], None).unwrap();
     assert_eq!(b.vlan_port(1).unwrap(), vhost_ports[1]);
     assert_eq!(switch.ports().len(), 3, "no port was added by the restart");
+
+    // A clean shutdown: the port reads as free once QEMU is gone, and the
+    // next start reconnects to it.
+    b.shutdown().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while switch.vhost_user_connected(vhost_ports[1]).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's port still connected 10 s after its QEMU exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.start(false).unwrap();
+    b.connect().unwrap();
+    b.wait_until_succeeds("ping -c 1 -W 2 a", WAIT).unwrap();
+    assert!(switch.vhost_user_connected(vhost_ports[1]).unwrap());
+    assert_eq!(
+        switch.ports().len(),
+        3,
+        "no port was added by the shutdown and start"
+    );
 
     // Faults on a vhost-user port, as on a VDE one.
     a.set_vlan_link(1, false).unwrap();
